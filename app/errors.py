@@ -1,0 +1,219 @@
+"""One error hierarchy, rendered as RFC 9457 problem+json.
+
+Every expected failure is an `AppError` subclass carrying its HTTP status, a stable `code` from the
+contract and a short `title`. Handlers in `install_error_handlers` turn them (and request validation
+errors, and anything unexpected) into `application/problem+json` bodies; nothing else reaches a
+client, and never a stack trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://hokusai.ai/problems/"
+
+
+class AppError(Exception):
+    """An expected failure with a contract error code."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    title: ClassVar[str] = "Bad request"
+    headers: Mapping[str, str] = {}
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra: dict[str, Any] = dict(extra or {})
+        if headers is not None:
+            self.headers = dict(headers)
+
+    def problem(self, request_id: str | None = None) -> dict[str, Any]:
+        """The problem+json body for this error."""
+        return problem_body(
+            status=self.status,
+            code=self.code,
+            title=self.title,
+            detail=self.detail,
+            request_id=request_id,
+            extra=self.extra,
+        )
+
+
+def problem_body(
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    request_id: str | None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+    }
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
+    return body
+
+
+# 400 / 401 / 403 / 404 -----------------------------------------------------------------------------
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+    title = "Missing or unknown API key"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+    title = "The API key lacks the scope this endpoint needs"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class TokenNotFound(NotFound):
+    code = "token_not_found"
+    title = "Token not found"
+
+
+class RegistrationNotFound(NotFound):
+    code = "registration_not_found"
+    title = "Registration not found"
+
+
+# 409 ---------------------------------------------------------------------------------------------
+
+
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class TokenAlreadyExists(Conflict):
+    code = "token_already_exists"
+    title = "A token with this id already exists"
+
+
+class TokenNotRegistrable(Conflict):
+    code = "token_not_registrable"
+    title = "The token cannot be registered in its current status"
+
+
+class InvalidStatusTransition(Conflict):
+    code = "invalid_status_transition"
+    title = "The token cannot move to that status"
+
+
+class RegistrationInProgress(Conflict):
+    code = "registration_in_progress"
+    title = "A registration for this token is already in progress"
+
+
+# 413 / 415 / 422 ---------------------------------------------------------------------------------
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+    title = "The upload is larger than the service accepts"
+
+
+class UnsupportedMediaType(AppError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported content type"
+
+
+class ValidationFailed(AppError):
+    """A registration check rejected the request (422)."""
+
+    status = 422
+    code = "validation_error"
+    title = "The request is not valid"
+
+
+class UnsupportedMetric(ValidationFailed):
+    code = "unsupported_metric"
+    title = "Unsupported metric"
+
+
+class InvalidBaseline(ValidationFailed):
+    code = "invalid_baseline"
+    title = "Invalid baseline"
+
+
+class InvalidMetricValue(ValidationFailed):
+    code = "invalid_metric_value"
+    title = "Invalid metric value"
+
+
+class BenchmarkMismatch(ValidationFailed):
+    code = "benchmark_mismatch"
+    title = "The metric or baseline differs from the token's benchmark"
+
+
+class MetricBelowBaseline(ValidationFailed):
+    code = "metric_below_baseline"
+    title = "The model does not beat the baseline"
+
+
+class InvalidModelFile(ValidationFailed):
+    code = "invalid_model_file"
+    title = "The model file is not acceptable"
+
+
+class InvalidPredictions(ValidationFailed):
+    code = "invalid_predictions"
+    title = "The predictions file is not acceptable"
+
+
+class ChecksumMismatch(ValidationFailed):
+    code = "checksum_mismatch"
+    title = "The upload does not match the given sha256"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    code = "idempotency_key_reused"
+    title = "The idempotency key was used for a different request"
+
+
+# 503 ---------------------------------------------------------------------------------------------
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    code = "service_unavailable"
+    title = "A dependency is unavailable"
+    headers = {"Retry-After": "5"}
+
+
+class MlflowUnavailable(ServiceUnavailable):
+    code = "mlflow_unavailable"
+    title = "MLflow is unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    title = "The database is unavailable"
