@@ -11,6 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger(__name__)
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://hokusai.ai/problems/"
 
@@ -70,7 +78,7 @@ def problem_body(
     return body
 
 
-# 400 / 401 / 403 / 404 -----------------------------------------------------------------------------
+# 400 / 401 / 403 / 404 ------------------------------------------------------------------------
 
 
 class Unauthorized(AppError):
@@ -199,6 +207,23 @@ class IdempotencyKeyReused(ValidationFailed):
     title = "The idempotency key was used for a different request"
 
 
+# 500 / 502 / 503 ---------------------------------------------------------------------------------
+
+
+class InternalError(AppError):
+    status = 500
+    code = "internal_error"
+    title = "Internal server error"
+
+
+class MlflowFailed(AppError):
+    """MLflow answered but refused an operation (not a transient outage)."""
+
+    status = 502
+    code = "mlflow_error"
+    title = "MLflow refused the operation"
+
+
 # 503 ---------------------------------------------------------------------------------------------
 
 
@@ -217,3 +242,108 @@ class MlflowUnavailable(ServiceUnavailable):
 class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
     title = "The database is unavailable"
+
+
+class StoredProblem(AppError):
+    """A problem recorded earlier, raised again when an Idempotency-Key replays it."""
+
+    def __init__(self, problem: Mapping[str, Any]) -> None:
+        super().__init__(str(problem.get("detail", "")))
+        # Instance values shadow the class defaults: the stored outcome decides.
+        self.status = int(problem.get("status", 500))  # type: ignore[misc]
+        self.code = str(problem.get("code", "internal_error"))  # type: ignore[misc]
+        self.title = str(problem.get("title", "Request failed"))  # type: ignore[misc]
+        self.extra = {
+            k: v
+            for k, v in problem.items()
+            if k not in ("type", "title", "status", "detail", "code", "request_id")
+        }
+        self.extra["idempotent_replay"] = True
+
+
+# Rendering ---------------------------------------------------------------------------------------
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error as problem+json; unexpected ones as a bare 500 with no internals."""
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def problem_response(
+    body: dict[str, Any], *, status: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    all_headers = dict(headers or {})
+    if body.get("request_id"):
+        all_headers.setdefault("X-Request-ID", body["request_id"])
+    return JSONResponse(
+        body, status_code=status, headers=all_headers, media_type=PROBLEM_CONTENT_TYPE
+    )
+
+
+def current_request_id() -> str | None:
+    value = structlog.contextvars.get_contextvars().get("request_id")
+    return str(value) if value is not None else None
+
+
+async def _app_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AppError)
+    return problem_response(
+        exc.problem(current_request_id()), status=exc.status, headers=exc.headers
+    )
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # Field locations and messages only: the rejected input is not echoed back.
+    errors = [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
+        for error in exc.errors()
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(part) for part in first["loc"] if part != "body") or "request"
+    body = problem_body(
+        status=422,
+        code="validation_error",
+        title="The request is not valid",
+        detail=f"{where}: {first['msg']}",
+        request_id=current_request_id(),
+        extra={"errors": errors},
+    )
+    return problem_response(body, status=422)
+
+
+_HTTP_CODES = {
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "The request is larger than the service accepts"),
+    415: ("unsupported_media_type", "Unsupported content type"),
+}
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "Request failed"))
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    body = problem_body(
+        status=exc.status_code,
+        code=code,
+        title=title,
+        detail=detail,
+        request_id=current_request_id(),
+    )
+    return problem_response(body, status=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled_error", method=request.method, path=request.url.path)
+    body = problem_body(
+        status=500,
+        code="internal_error",
+        title="Internal server error",
+        detail="the service hit an unexpected error; it has been logged under this request_id",
+        request_id=current_request_id(),
+    )
+    return problem_response(body, status=500)

@@ -1,0 +1,146 @@
+"""Service settings, read from `HOKUSAI_*` environment variables (and an optional `.env`)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+# Secrets that must never be accepted in production: the examples in our own docs.
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "whsec_changeme"})
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with; each field is `HOKUSAI_<NAME>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HOKUSAI_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    env: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Path(".hokusai")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: SQLite at DATA_DIR/hokusai.db. "
+        "postgresql:// URLs use the psycopg driver.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; default: sqlite:///DATA_DIR/mlflow.db with artifacts "
+        "in DATA_DIR/mlartifacts.",
+    )
+    mlflow_registry_uri: str | None = None
+    mlflow_artifact_root: str | None = Field(
+        default=None,
+        description="where a local MLflow store keeps artifacts; default DATA_DIR/mlartifacts. "
+        "A remote tracking server chooses its own.",
+    )
+    mlflow_retry_seconds: float = Field(default=20.0, gt=0, le=300)
+    mlflow_request_timeout: float = Field(default=30.0, gt=0, le=600)
+    mlflow_threads: int = Field(default=8, ge=1, le=64)
+
+    max_upload_bytes: int = Field(default=2 * GiB, gt=0)
+    max_unpacked_bytes: int | None = Field(
+        default=None, gt=0, description="default: 4 x MAX_UPLOAD_BYTES"
+    )
+    max_archive_files: int = Field(default=10_000, gt=0)
+    max_predictions_bytes: int = Field(default=256 * MiB, gt=0)
+    registration_lease_seconds: int = Field(default=900, gt=0)
+    idempotency_ttl_seconds: int = Field(
+        default=24 * 3600, gt=0, description="how long an Idempotency-Key replays its outcome"
+    )
+
+    redis_url: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000]
+    )
+
+    log_level: str = "INFO"
+    log_json: bool | None = Field(
+        default=None, description="default: JSON logs except in development"
+    )
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("database_url", "mlflow_tracking_uri", "redis_url", "webhook_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Self:
+        secret = self.webhook_secret
+        if (
+            self.env is Environment.PRODUCTION
+            and secret is not None
+            and secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
+        ):
+            raise ValueError("HOKUSAI_WEBHOOK_SECRET is a placeholder; set a real secret")
+        if any(delay < 0 for delay in self.webhook_retry_schedule):
+            raise ValueError("HOKUSAI_WEBHOOK_RETRY_SCHEDULE must list non-negative seconds")
+        return self
+
+    # Derived values ------------------------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL the service uses, before driver selection."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'hokusai.db'}"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir.resolve() / 'mlflow.db'}"
+
+    @property
+    def uses_local_mlflow(self) -> bool:
+        """A store this process opens itself (SQLite or files), not a tracking server."""
+        return not self.resolved_tracking_uri.startswith(("http://", "https://", "databricks"))
+
+    @property
+    def mlflow_artifact_location(self) -> str | None:
+        """Where the experiment keeps artifacts; only chosen by us for a local store."""
+        if self.mlflow_artifact_root:
+            return self.mlflow_artifact_root
+        if not self.uses_local_mlflow:
+            return None
+        return (self.data_dir.resolve() / "mlartifacts").as_uri()
+
+    @property
+    def unpacked_limit(self) -> int:
+        return self.max_unpacked_bytes or 4 * self.max_upload_bytes
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.data_dir.resolve() / "uploads"
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_json is not None:
+            return self.log_json
+        return self.env is not Environment.DEVELOPMENT
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once; tests override this dependency."""
+    return Settings()

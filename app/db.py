@@ -1,0 +1,149 @@
+"""Database engines, the unit of work, and column types shared by every table.
+
+The same code runs on SQLite (the embedded default) and PostgreSQL. The service talks to the
+database through an async engine (aiosqlite or psycopg); Alembic uses a synchronous engine on
+the same URL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.errors import DatabaseUnavailable
+
+# Set before any table is declared, so constraint names are stable across SQLite and PostgreSQL.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite stores no offset)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use UTC-aware values")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def sync_url(raw: str) -> URL:
+    """The URL for synchronous use (Alembic): PostgreSQL goes through psycopg 3."""
+    url = make_url(raw)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def async_url(raw: str) -> URL:
+    """The URL for the service's async engine."""
+    url = sync_url(raw)
+    if url.drivername in ("sqlite", "sqlite+pysqlite"):
+        url = url.set(drivername="sqlite+aiosqlite")
+    return url
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    """WAL, a busy timeout, and write transactions that take the lock up front.
+
+    pysqlite/aiosqlite start transactions lazily and SQLite upgrades a reader to a writer only if
+    nobody wrote in between, failing at once with "database is locked" otherwise. `BEGIN IMMEDIATE`
+    takes the write lock when the transaction starts, so concurrent requests queue on the busy
+    timeout instead of failing.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine_for(raw_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    url = async_url(raw_url)
+    if url.get_backend_name() == "sqlite":
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine.sync_engine)
+        return engine
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+    )
+
+
+class Database:
+    """The engine and the unit of work: `async with db.transaction() as session`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine_for(url)
+        self._sessions = async_sessionmaker(
+            self.engine, class_=AsyncSession, expire_on_commit=False, autoflush=False
+        )
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except DBAPIError as e:
+            # Connection-level failures (server gone, SQLite locked past the timeout) are an
+            # outage the client can retry; anything else is a bug and stays a 500.
+            if isinstance(e, OperationalError) or e.connection_invalidated:
+                raise DatabaseUnavailable("the database did not answer; try again shortly") from e
+            raise
+        except (ConnectionError, TimeoutError) as e:
+            raise DatabaseUnavailable("the database did not answer; try again shortly") from e
+
+    async def ping(self) -> None:
+        async with self.transaction() as session:
+            await session.exec(sa.select(1))  # type: ignore[call-overload]
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

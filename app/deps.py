@@ -1,0 +1,72 @@
+"""FastAPI dependencies: settings, the database, MLflow, and the authenticated principal."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from app.auth.models import Scope
+from app.auth.service import Principal, authenticate, require_scope
+from app.clients.mlflow import MlflowRegistry
+from app.config import Settings
+from app.db import Database
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def get_mlflow(request: Request) -> MlflowRegistry:
+    registry: MlflowRegistry = request.app.state.mlflow
+    return registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+MlflowDep = Annotated[MlflowRegistry, Depends(get_mlflow)]
+
+
+async def get_principal(
+    database: DatabaseDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    api_key: Annotated[str | None, Security(_api_key_header)],
+) -> Principal:
+    key = bearer.credentials if bearer is not None else api_key
+    async with database.transaction() as session:
+        principal = await authenticate(session, key)
+    structlog.contextvars.bind_contextvars(principal=principal.key_id)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def requires(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency admitting callers whose key holds `scope` (or `admin`)."""
+
+    async def dependency(principal: PrincipalDep) -> Principal:
+        require_scope(principal, scope)
+        return principal
+
+    dependency.__name__ = f"requires_{scope.value.replace(':', '_')}"
+    return dependency
+
+
+TokensRead = Annotated[Principal, Depends(requires(Scope.TOKENS_READ))]
+TokensWrite = Annotated[Principal, Depends(requires(Scope.TOKENS_WRITE))]
+ModelsRegister = Annotated[Principal, Depends(requires(Scope.MODELS_REGISTER))]
+EventsRead = Annotated[Principal, Depends(requires(Scope.EVENTS_READ))]
+WebhooksManage = Annotated[Principal, Depends(requires(Scope.WEBHOOKS_MANAGE))]

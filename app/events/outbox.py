@@ -1,0 +1,81 @@
+"""Writing events to the outbox, inside the caller's transaction.
+
+Events are the last thing a transaction writes. On PostgreSQL the writer first takes a
+transaction-scoped advisory lock, so the `sequence` numbers it draws are handed out in commit order:
+a concurrent writer waits on the lock until this transaction has committed, then draws higher
+numbers. A feed consumer reading `sequence > after` therefore never skips a row that commits late.
+SQLite has a single writer at a time, which gives the same guarantee on its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.events.models import OutboxEvent
+
+EVENT_SOURCE = "hokusai-ml-platform"
+NOTIFY_CHANNEL = "hokusai_events"
+# An arbitrary constant naming the outbox's advisory lock ("hokusai" in ASCII).
+OUTBOX_LOCK_KEY = 0x686F6B75736169
+
+
+class EventType:
+    MODEL_REGISTERED = "model_registered"
+    TOKEN_READY_FOR_DEPLOY = "token_ready_for_deploy"
+    MODEL_VALIDATION_FAILED = "model_validation_failed"
+    REGISTRATION_FAILED = "registration_failed"
+    MODEL_DEPLOYED = "model_deployed"
+    PING = "ping"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    event_type: str
+    token_id: str | None
+    payload: Mapping[str, Any]
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+async def write_events(session: AsyncSession, events: list[NewEvent]) -> list[OutboxEvent]:
+    """Add events to the outbox in the session's transaction; returns them with sequences."""
+    if not events:
+        return []
+    bind = session.get_bind()
+    on_postgres = bind.dialect.name == "postgresql"
+    if on_postgres:
+        await session.execute(sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK_KEY)))
+    rows = [
+        OutboxEvent(
+            event_id=event.event_id,
+            event_type=event.event_type,
+            token_id=event.token_id,
+            payload=dict(event.payload),
+        )
+        for event in events
+    ]
+    session.add_all(rows)
+    await session.flush()
+    if on_postgres:
+        # Delivered by PostgreSQL at commit, and only if the transaction commits.
+        for row in rows:
+            await session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, row.event_id)))
+    return rows
+
+
+def envelope(event: OutboxEvent) -> dict[str, Any]:
+    """The event as every channel carries it."""
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "source": EVENT_SOURCE,
+        "timestamp": event.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "sequence": event.sequence,
+        "token_id": event.token_id,
+        "payload": event.payload,
+    }

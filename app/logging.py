@@ -1,0 +1,84 @@
+"""structlog, configured once: a console renderer in development, JSON lines elsewhere.
+
+Standard-library loggers (uvicorn, alembic, mlflow) go through the same formatter, and the
+request's context (`request_id`, method, path) is bound with contextvars so that every line logged
+while serving a request carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import re
+from typing import Any
+
+import structlog
+from structlog.types import EventDict, Processor
+
+_SECRET_KEYS = re.compile(r"(authorization|api[_-]?key|secret|signature|password|token_hash)", re.I)
+
+
+def _redact(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """Secrets, keys and signatures never reach a log line, whoever logs them."""
+    for key in list(event_dict):
+        if _SECRET_KEYS.search(key):
+            event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
+    """Route structlog and the standard library through one formatter."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {
+                "structlog": {
+                    "()": structlog.stdlib.ProcessorFormatter,
+                    "processors": [
+                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.format_exc_info if json else _keep,
+                        renderer,
+                    ],
+                    "foreign_pre_chain": shared,
+                }
+            },
+            "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structlog"}},
+            "root": {"handlers": ["default"], "level": level.upper()},
+            "loggers": {
+                # uvicorn installs its own handlers unless told otherwise; ours replace them.
+                "uvicorn": {"handlers": [], "propagate": True},
+                "uvicorn.error": {"handlers": [], "propagate": True},
+                # The access log duplicates our own request line.
+                "uvicorn.access": {"handlers": [], "propagate": False},
+                "alembic": {"level": "WARNING"},
+                "mlflow": {"level": "WARNING"},
+                "httpx": {"level": "WARNING"},
+                "httpcore": {"level": "WARNING"},
+                "sqlalchemy": {"level": "WARNING"},
+            },
+        }
+    )
+
+
+def _keep(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    return event_dict

@@ -1,0 +1,120 @@
+"""The FastAPI application: `create_app()` and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import structlog
+from fastapi import FastAPI
+
+from app.clients.mlflow import MlflowRegistry
+from app.config import Settings, get_settings
+from app.db import Database
+from app.errors import install_error_handlers
+from app.logging import configure_logging
+from app.middleware import RequestContextMiddleware
+from app.openapi import Problem
+from app.registration.router import router as registration_router
+from app.registration.service import RegistrationServices
+from app.system import router as system_router
+from app.tokens.router import router as tokens_router
+
+log = structlog.get_logger(__name__)
+
+DESCRIPTION = """
+Registers trained models for Hokusai tokens. A token starts as a `draft` on the site; a
+registration checks the model's metric against the token's benchmark, stores the model in MLflow
+as a new version of the token's registered model, marks the token `registered`, and announces it
+with the `model_registered` and `token_ready_for_deploy` events.
+
+Authenticate with `Authorization: Bearer <api key>` or `X-API-Key`. Errors are
+`application/problem+json` with a stable `code`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; `settings` defaults to the environment's."""
+    settings = settings or get_settings()
+    configure_logging(level=settings.log_level, json=settings.json_logs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        database = Database(settings.resolved_database_url)
+        mlflow = MlflowRegistry(
+            tracking_uri=settings.resolved_tracking_uri,
+            registry_uri=settings.mlflow_registry_uri,
+            artifact_location=settings.mlflow_artifact_location,
+            retry_seconds=settings.mlflow_retry_seconds,
+            request_timeout=settings.mlflow_request_timeout,
+        )
+        limiter = anyio.CapacityLimiter(settings.mlflow_threads)
+        app.state.settings = settings
+        app.state.database = database
+        app.state.mlflow = mlflow
+        app.state.registration = RegistrationServices(
+            settings=settings, database=database, mlflow=mlflow, mlflow_limiter=limiter
+        )
+        try:
+            # Prepare the experiment now so the first registration does not pay for it; a
+            # remote MLflow that is down must not stop the service from starting.
+            await anyio.to_thread.run_sync(mlflow.ensure_experiment, limiter=limiter)
+        except Exception as e:
+            log.warning("mlflow_not_ready_at_startup", error=str(e)[:300])
+        log.info(
+            "service_started",
+            env=settings.env.value,
+            database=database.backend,
+            mlflow=_redacted_uri(settings.resolved_tracking_uri),
+        )
+        try:
+            yield
+        finally:
+            await database.dispose()
+            log.info("service_stopped")
+
+    app = FastAPI(
+        title="Hokusai model registration service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "registrations", "description": "Register models and read the attempts."},
+            {"name": "tokens", "description": "Tokens and their status."},
+            {"name": "system", "description": "Probes."},
+        ],
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(system_router)
+    app.include_router(tokens_router)
+    app.include_router(registration_router)
+    _register_problem_schema(app)
+    return app
+
+
+def _register_problem_schema(app: FastAPI) -> None:
+    """Make `#/components/schemas/Problem` exist even before any route references it."""
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.setdefault("Problem", Problem.model_json_schema())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _redacted_uri(uri: str) -> str:
+    """A URI without its credentials, for logs."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

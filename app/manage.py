@@ -1,0 +1,109 @@
+"""`hokusai-registry`: run the service, migrate its database, create API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from app.config import get_settings
+
+_HERE = Path(__file__).resolve().parent
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    """Alembic's configuration, from the source tree or from the installed package."""
+    ini = _HERE.parent / "alembic.ini"
+    config = Config(str(ini)) if ini.exists() else Config()
+    scripts = _HERE.parent / "migrations"
+    if not scripts.exists():
+        scripts = _HERE / "migrations"  # where the wheel puts them
+    config.set_main_option("script_location", str(scripts))
+    if database_url is not None:
+        config.attributes["database_url"] = database_url
+    return config
+
+
+def migrate(database_url: str | None = None) -> None:
+    """Bring the database schema to the latest revision."""
+    command.upgrade(alembic_config(database_url), "head")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    if not args.no_migrate:
+        migrate()
+    settings = get_settings()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=settings.registration_lease_seconds // 10 or 30,
+    )
+
+
+def _create_api_key(args: argparse.Namespace) -> None:
+    from app.auth.service import create_api_key
+    from app.db import Database
+
+    async def create() -> str:
+        database = Database(get_settings().resolved_database_url)
+        try:
+            async with database.transaction() as session:
+                _, key = await create_api_key(
+                    session, name=args.name, scopes=args.scopes.split(",")
+                )
+            return key
+        finally:
+            await database.dispose()
+
+    key = asyncio.run(create())
+    print(f"created API key {args.name!r} with scopes {args.scopes}", file=sys.stderr)
+    print(key)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hokusai-registry", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="migrate, then serve the HTTP API")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    serve.add_argument("--no-migrate", action="store_true", help="skip `migrate` at start")
+    serve.set_defaults(handler=_serve)
+
+    migrate_cmd = commands.add_parser("migrate", help="apply database migrations")
+    migrate_cmd.set_defaults(handler=lambda _args: migrate())
+
+    key = commands.add_parser(
+        "create-api-key", help="create an API key; the key is printed alone on the last line"
+    )
+    key.add_argument("--name", required=True)
+    key.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: tokens:read, tokens:write, models:register, events:read, "
+        "webhooks:manage, admin",
+    )
+    key.set_defaults(handler=_create_api_key)
+
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""Computing a metric from a predictions CSV, with the same numbers scikit-learn gives.
+
+The file is read row by row with the csv module and converted to numpy in chunks, so memory holds
+the parsed float columns, never the file's text. Each cell is checked while its row number is still
+known, so every complaint about the data can name the row (and the file line) at fault.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import math
+import operator
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import numpy as np
+import numpy.typing as npt
+
+from app.errors import InvalidPredictions
+from app.metrics.registry import METRICS, MetricSpec
+from app.metrics.validation import NUMBER_PATTERN
+
+if TYPE_CHECKING:
+    from _csv import Reader as _csv_reader
+
+FloatArray = npt.NDArray[np.float64]
+
+Y_TRUE = "y_true"
+Y_PRED = "y_pred"
+Y_SCORE = "y_score"
+
+# Rows converted to numpy at a time: large enough that per-chunk overhead vanishes, small enough
+# that the chunk's Python strings stay a few megabytes.
+_CHUNK_ROWS = 65_536
+# A line this long is not a predictions row. Iterating a text file reads a whole line at a time, so
+# without a cap a newline-free upload would land in memory as one string; reading fixed blocks and
+# splitting them with a regex bounds that and is cheaper per line than a readline() loop.
+_MAX_LINE_CHARS = 1 << 20
+_READ_CHARS = 1 << 16
+_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)")
+_MAX_ECHO = 40
+
+# Characters a plain decimal number can contain (plus the "," used to join cells and the whitespace
+# float() strips). One regex search over a joined chunk rejects "nan", "inf", "1_000" and non-ASCII
+# digits far faster than matching each cell; cells that pass still go through float parsing.
+_FOREIGN_CHAR = re.compile(r"[^0-9eE+\-., \t]")
+
+
+class Kind(enum.Enum):
+    """What a column's cells must be, beyond finite numbers."""
+
+    REAL = "a finite number"
+    LABEL = "a class label (a whole number)"
+    BINARY = "0 or 1"
+    PROBABILITY = "a probability in [0, 1]"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column a metric needs, and what its cells must hold."""
+
+    name: str
+    kind: Kind
+
+
+_LABELS = (Column(Y_TRUE, Kind.BINARY), Column(Y_PRED, Kind.BINARY))
+_REGRESSION = (Column(Y_TRUE, Kind.REAL), Column(Y_PRED, Kind.REAL))
+
+COLUMNS: dict[str, tuple[Column, Column]] = {
+    "accuracy": (Column(Y_TRUE, Kind.LABEL), Column(Y_PRED, Kind.LABEL)),
+    "auroc": (Column(Y_TRUE, Kind.BINARY), Column(Y_SCORE, Kind.REAL)),
+    "f1": _LABELS,
+    "precision": _LABELS,
+    "recall": _LABELS,
+    "log_loss": (Column(Y_TRUE, Kind.BINARY), Column(Y_SCORE, Kind.PROBABILITY)),
+    "mse": _REGRESSION,
+    "rmse": _REGRESSION,
+    "mae": _REGRESSION,
+    "r2": _REGRESSION,
+}
+
+
+def required_columns(spec: MetricSpec) -> tuple[str, ...]:
+    """The CSV columns a computable metric reads, e.g. ("y_true", "y_score") for auroc."""
+    return tuple(column.name for column in COLUMNS.get(spec.name, ()))
+
+
+def compute_from_predictions(spec: MetricSpec, path: Path, *, max_rows: int = 10_000_000) -> float:
+    """Compute the metric from a predictions CSV; `InvalidPredictions` for any unusable file."""
+    compute = _COMPUTE.get(spec.name)
+    if not spec.computable or compute is None:
+        computable = [name for name, s in METRICS.items() if s.computable]
+        raise InvalidPredictions(
+            f"{spec.name} cannot be computed from predictions; send metric_value instead",
+            extra={"metric_name": spec.name, "computable_metrics": computable},
+        )
+    columns = COLUMNS[spec.name]
+    y_true, y_other = _read_columns(path, spec, columns, max_rows=max_rows)
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = compute(y_true, y_other)
+    if not math.isfinite(value):
+        raise InvalidPredictions(
+            f"{spec.name} is not a finite number for these predictions (the values are too large)",
+            extra={"metric_name": spec.name},
+        )
+    return value
+
+
+# Reading -----------------------------------------------------------------------------------------
+
+
+def _bounded_lines(handle: TextIO) -> Iterator[str]:
+    """The file's lines, ends kept, split like a file opened with newline="" splits them."""
+    pending = ""
+    while block := handle.read(_READ_CHARS):
+        text = pending + block
+        # A trailing "\r" may be the first half of a "\r\n" that the next block completes.
+        end = len(text) - 1 if text.endswith("\r") else len(text)
+        lines = _LINE.findall(text, 0, end)
+        pending = text[sum(map(len, lines)) :]
+        if len(pending) > _MAX_LINE_CHARS:
+            raise InvalidPredictions(
+                f"the predictions file has a line longer than {_MAX_LINE_CHARS} characters; "
+                "is it a CSV file?"
+            )
+        yield from lines
+    if pending:
+        yield pending
+
+
+def _shown(cell: str) -> str:
+    if len(cell) > _MAX_ECHO:
+        cell = cell[:_MAX_ECHO] + "…"
+    return repr(cell)
+
+
+class _BadRow(Exception):
+    """A data row is unusable; raised while reading, turned into `InvalidPredictions` after."""
+
+    def __init__(self, row: int, problem: str, *, column: str | None = None) -> None:
+        super().__init__(problem)
+        self.row = row
+        self.problem = problem
+        self.column = column
+
+
+def _read_columns(
+    path: Path, spec: MetricSpec, columns: Sequence[Column], *, max_rows: int
+) -> tuple[FloatArray, FloatArray]:
+    try:
+        with path.open("r", encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(_bounded_lines(handle), strict=True)
+            try:
+                return _parse_rows(reader, spec, columns, max_rows=max_rows)
+            except csv.Error as e:
+                raise InvalidPredictions(
+                    f"the predictions file is not valid CSV at line {reader.line_num}: {e}"
+                ) from None
+    except UnicodeDecodeError:
+        raise InvalidPredictions("the predictions file is not UTF-8 text") from None
+    except _BadRow as bad:
+        extra: dict[str, object] = {"row": bad.row}
+        if bad.column is not None:
+            extra["column"] = bad.column
+        where = f"row {bad.row}"
+        line = _line_of_row(path, bad.row)
+        if line is not None:
+            extra["line"] = line
+            where += f" (line {line})"
+        raise InvalidPredictions(f"{where}: {bad.problem}", extra=extra) from None
+
+
+def _line_of_row(path: Path, row: int) -> int | None:
+    """The file line where data row `row` ends, found by reading the file again.
+
+    Tracking line numbers for every row would slow the common case for the sake of error messages;
+    re-reading up to the bad row costs time only when the file is being rejected anyway.
+    """
+    try:
+        with path.open("r", encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(_bounded_lines(handle), strict=True)
+            next(reader, None)
+            seen = 0
+            for record in reader:
+                if record:
+                    seen += 1
+                    if seen == row:
+                        return reader.line_num
+    except (csv.Error, UnicodeDecodeError, InvalidPredictions):  # pragma: no cover
+        pass
+    return None
+
+
+def _header_indices(header: list[str], spec: MetricSpec, columns: Sequence[Column]) -> list[int]:
+    names = [cell.strip().lower() for cell in header]
+    wanted = [column.name for column in columns]
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        found = ", ".join(_shown(name) for name in names[:20]) or "nothing"
+        if len(names) > 20:
+            found += f", … ({len(names)} columns)"
+        raise InvalidPredictions(
+            f"{spec.name} needs the columns {' and '.join(wanted)} in the header row; missing "
+            f"{', '.join(missing)} (found {found})",
+            extra={"required_columns": wanted, "missing_columns": missing},
+        )
+    duplicated = [name for name in wanted if names.count(name) > 1]
+    if duplicated:
+        raise InvalidPredictions(
+            f"the header row names {', '.join(duplicated)} more than once; "
+            "which column to use is ambiguous"
+        )
+    return [names.index(name) for name in wanted]
+
+
+def _parse_rows(
+    reader: _csv_reader, spec: MetricSpec, columns: Sequence[Column], *, max_rows: int
+) -> tuple[FloatArray, FloatArray]:
+    header = next(reader, None)
+    if header is None:
+        raise InvalidPredictions("the predictions file is empty")
+    if not any(cell.strip() for cell in header):
+        raise InvalidPredictions(
+            "the first line of the predictions file must be a header row naming the columns"
+        )
+    width = len(header)
+    indices = _header_indices(header, spec, columns)
+    parts: list[list[FloatArray]] = [[] for _ in columns]
+    total = 0
+    while True:
+        # Reading one row past max_rows is how "too many" is noticed without reading the rest.
+        limit = max(1, min(_CHUNK_ROWS, max_rows - total + 1))
+        # islice, map and set keep the per-row work in C; a Python loop per row would be most of
+        # the time spent on a large file.
+        chunk = list(islice(reader, limit))
+        if not chunk:
+            break
+        at_end = len(chunk) < limit
+        if [] in chunk:  # blank lines, e.g. a trailing one, are not rows
+            chunk = [row for row in chunk if row]
+        if set(map(len, chunk)) - {width}:
+            index = next(i for i, row in enumerate(chunk) if len(row) != width)
+            raise _BadRow(
+                total + index + 1, f"has {len(chunk[index])} fields; the header has {width}"
+            )
+        if total + len(chunk) > max_rows:
+            raise InvalidPredictions(
+                f"the predictions file has more than {max_rows} data rows",
+                extra={"max_rows": max_rows},
+            )
+        for part, column, index in zip(parts, columns, indices, strict=True):
+            cells = list(map(operator.itemgetter(index), chunk))
+            part.append(_convert(cells, column, spec, first_row=total + 1))
+        total += len(chunk)
+        if at_end:
+            break
+    if total == 0:
+        raise InvalidPredictions("the predictions file has a header row but no data rows")
+    y_true, y_other = (np.concatenate(chunks) for chunks in parts)
+    return y_true, y_other
+
+
+def _convert(cells: list[str], column: Column, spec: MetricSpec, *, first_row: int) -> FloatArray:
+    """Cells as floats, or `_BadRow` naming the first bad one."""
+    values: FloatArray | None = None
+    if _FOREIGN_CHAR.search(",".join(cells)) is None:
+        try:
+            values = np.array(cells, dtype=np.float64)
+        except ValueError:
+            values = None
+    bad = _first_bad(values, cells, column)
+    if bad is None:
+        assert values is not None
+        return values
+    index, problem = bad
+    raise _BadRow(
+        first_row + index,
+        f"{column.name} {problem}; {spec.name} needs {column.name} to be {column.kind.value}",
+        column=column.name,
+    )
+
+
+def _first_bad(
+    values: FloatArray | None, cells: list[str], column: Column
+) -> tuple[int, str] | None:
+    if values is None:
+        # Something did not parse; find it cell by cell, which is slow but only happens once.
+        for index, cell in enumerate(cells):
+            text = cell.strip()
+            if not text:
+                return index, "is empty"
+            if NUMBER_PATTERN.fullmatch(text) is None:
+                return index, f"is not a number: {_shown(cell)}"
+            if not math.isfinite(float(text)):
+                return index, f"is not a finite number: {_shown(cell)}"
+        raise AssertionError("a chunk failed to parse but every cell parses")  # pragma: no cover
+    kind = column.kind
+    with np.errstate(invalid="ignore"):
+        if kind is Kind.BINARY:
+            ok = (values == 0) | (values == 1)
+        elif kind is Kind.PROBABILITY:
+            ok = (values >= 0) & (values <= 1)
+        elif kind is Kind.LABEL:
+            ok = np.isfinite(values) & (values == np.floor(values))
+        else:
+            ok = np.isfinite(values)
+    if bool(ok.all()):
+        return None
+    index = int(np.argmin(ok))
+    cell = cells[index]
+    if not math.isfinite(values[index]):
+        return index, f"is not a finite number: {_shown(cell)}"
+    return index, f"is {_shown(cell.strip())}"
+
+
+# Metrics -----------------------------------------------------------------------------------------
+# Each mirrors scikit-learn's arithmetic (same formula, same order of operations) so results agree
+# to float rounding, not just to a tolerance.
+
+
+def _accuracy(y_true: FloatArray, y_pred: FloatArray) -> float:
+    return float(np.mean(y_true == y_pred))
+
+
+def _confusion(y_true: FloatArray, y_pred: FloatArray) -> tuple[int, int, int]:
+    actual = y_true == 1
+    predicted = y_pred == 1
+    tp = int(np.count_nonzero(actual & predicted))
+    return tp, int(np.count_nonzero(predicted)) - tp, int(np.count_nonzero(actual)) - tp
+
+
+# sklearn's default zero_division ("warn") scores an undefined ratio as 0.0; so do these.
+def _precision(y_true: FloatArray, y_pred: FloatArray) -> float:
+    tp, fp, _ = _confusion(y_true, y_pred)
+    return tp / (tp + fp) if tp + fp else 0.0
+
+
+def _recall(y_true: FloatArray, y_pred: FloatArray) -> float:
+    tp, _, fn = _confusion(y_true, y_pred)
+    return tp / (tp + fn) if tp + fn else 0.0
+
+
+def _f1(y_true: FloatArray, y_pred: FloatArray) -> float:
+    tp, fp, fn = _confusion(y_true, y_pred)
+    denominator = 2 * tp + fp + fn
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def _auroc(y_true: FloatArray, y_score: FloatArray) -> float:
+    n = y_true.size
+    positives = int(np.count_nonzero(y_true == 1))
+    negatives = n - positives
+    if positives == 0 or negatives == 0:
+        only = "1" if positives else "0"
+        raise InvalidPredictions(
+            f"auroc needs both classes in y_true, but every row has y_true = {only}"
+        )
+    # Mann-Whitney form of the area under the ROC curve: each positive scores one point per
+    # negative ranked below it and half a point per negative tied with it. Counting half-points
+    # as integers keeps the sum exact; the one division at the end is the only rounding.
+    order = np.argsort(y_score, kind="stable")
+    scores = y_score[order]
+    labels = (y_true[order] == 1).astype(np.int64)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(scores)) + 1))
+    group_pos = np.add.reduceat(labels, starts)
+    group_neg = np.diff(np.append(starts, n)) - group_pos
+    neg_below = np.cumsum(group_neg) - group_neg
+    half_points = int(np.sum(group_pos * (2 * neg_below + group_neg)))
+    return half_points / (2 * positives * negatives)
+
+
+def _log_loss(y_true: FloatArray, y_score: FloatArray) -> float:
+    # sklearn clips both columns of [1 - p, p] to [eps, 1 - eps], so a confident wrong 0 or 1
+    # costs -log(eps) ≈ 36.04 instead of infinity.
+    eps = np.finfo(np.float64).eps
+    p_one = np.clip(y_score, eps, 1 - eps)
+    p_zero = np.clip(1 - y_score, eps, 1 - eps)
+    return float(np.mean(-np.log(np.where(y_true == 1, p_one, p_zero))))
+
+
+def _mse(y_true: FloatArray, y_pred: FloatArray) -> float:
+    return float(np.mean((y_true - y_pred) ** 2))
+
+
+def _rmse(y_true: FloatArray, y_pred: FloatArray) -> float:
+    return math.sqrt(_mse(y_true, y_pred))
+
+
+def _mae(y_true: FloatArray, y_pred: FloatArray) -> float:
+    return float(np.mean(np.abs(y_pred - y_true)))
+
+
+def _r2(y_true: FloatArray, y_pred: FloatArray) -> float:
+    # sklearn returns 1.0 or 0.0 by convention for a constant y_true; neither says anything about
+    # the model, so refuse instead.
+    if bool(np.all(y_true == y_true[0])):
+        raise InvalidPredictions("r2 is undefined when every y_true is the same value")
+    numerator = float(np.sum((y_true - y_pred) ** 2))
+    denominator = float(np.sum((y_true - np.mean(y_true)) ** 2))
+    if denominator == 0:
+        raise InvalidPredictions("r2 is undefined: y_true varies too little to measure")
+    return 1 - numerator / denominator
+
+
+_COMPUTE: dict[str, Callable[[FloatArray, FloatArray], float]] = {
+    "accuracy": _accuracy,
+    "auroc": _auroc,
+    "f1": _f1,
+    "precision": _precision,
+    "recall": _recall,
+    "log_loss": _log_loss,
+    "mse": _mse,
+    "rmse": _rmse,
+    "mae": _mae,
+    "r2": _r2,
+}

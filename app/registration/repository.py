@@ -1,0 +1,45 @@
+"""Every query on the registrations table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.registration.models import Registration
+
+
+async def get(session: AsyncSession, registration_id: str) -> Registration | None:
+    return await session.get(Registration, registration_id)
+
+
+async def list_for_token(
+    session: AsyncSession, token_id: str, *, limit: int
+) -> Sequence[Registration]:
+    statement = (
+        select(Registration)
+        .where(Registration.token_id == token_id)
+        .order_by(col(Registration.created_at).desc(), col(Registration.id).desc())
+        .limit(limit)
+    )
+    return (await session.exec(statement)).all()
+
+
+async def get_by_idempotency_key(
+    session: AsyncSession, principal_id: str, key: str
+) -> Registration | None:
+    statement = select(Registration).where(
+        Registration.principal_id == principal_id, Registration.idempotency_key == key
+    )
+    return (await session.exec(statement)).first()
+
+
+async def release_idempotency_key(session: AsyncSession, registration_id: str) -> None:
+    """Free the key held by an expired attempt so it can be used afresh."""
+    await session.execute(
+        sa.update(Registration)
+        .where(col(Registration.id) == registration_id)
+        .values(idempotency_key=None)
+    )

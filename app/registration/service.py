@@ -1,0 +1,760 @@
+"""Registering a model for a token: checks, the claim, MLflow, and the one committing transaction.
+
+The order is cheap checks first: the token, then the metric (before the upload when the fields come
+first), then the upload itself, and only then the claim on the token and the work in MLflow. A
+request refused by a check leaves the token and MLflow untouched and is recorded as a `rejected`
+registration with a `model_validation_failed` event. Once the token is claimed, any failure sends
+the token to `failed`, undoes what MLflow holds for the attempt, and writes `registration_failed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio import CapacityLimiter
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.requests import Request
+
+from app.auth.service import Principal
+from app.clients.mlflow import MlflowError, MlflowRegistry
+from app.config import Settings
+from app.db import Database, utcnow
+from app.errors import (
+    AppError,
+    BenchmarkMismatch,
+    ChecksumMismatch,
+    IdempotencyKeyReused,
+    InternalError,
+    InvalidBaseline,
+    InvalidMetricValue,
+    InvalidPredictions,
+    MlflowFailed,
+    RegistrationInProgress,
+    RegistrationNotFound,
+    StoredProblem,
+    TokenNotFound,
+    TokenNotRegistrable,
+    ValidationFailed,
+)
+from app.events.outbox import EventType, NewEvent, write_events
+from app.metrics import (
+    MetricCheck,
+    MetricSpec,
+    compute_from_predictions,
+    evaluate,
+    parse_number,
+    require_passed,
+    resolve_metric,
+    validate_baseline,
+    validate_metric_value,
+    validate_min_improvement,
+)
+from app.registration import repository
+from app.registration.artifacts import (
+    ArchiveInfo,
+    ModelFormat,
+    check_content,
+    extract_archive,
+    format_for_filename,
+    inspect_archive,
+)
+from app.registration.models import Registration, RegistrationStatus
+from app.registration.schemas import RegistrationList, RegistrationPublic
+from app.registration.upload import RegistrationForm, receive_form
+from app.tokens import repository as tokens
+from app.tokens.models import REGISTRABLE, Token, TokenStatus
+from app.tokens.schemas import normalize_token_id
+
+log = structlog.get_logger(__name__)
+
+ARCHIVE_FORMATS = (ModelFormat.MLFLOW_ZIP, ModelFormat.MLFLOW_TAR)
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
+MAX_TAGS = 50
+MAX_TAG_KEY = 250
+MAX_TAG_VALUE = 5000
+RESERVED_TAG_PREFIXES = ("hokusai.", "hokusai_", "mlflow.")
+# Codes that announce a refused check with `model_validation_failed`.
+_VALIDATION_STATUSES = (413, 422)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationServices:
+    """What a registration needs from the running service."""
+
+    settings: Settings
+    database: Database
+    mlflow: MlflowRegistry
+    mlflow_limiter: CapacityLimiter
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What is known about one registration attempt as it goes; becomes its row."""
+
+    id: str
+    token_id: str
+    principal_id: str
+    idempotency_key: str | None
+    fingerprint: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    check: MetricCheck | None = None
+    metric_name: str | None = None
+    metric_value: float | None = None
+    baseline: float | None = None
+    metric_source: str | None = None
+    model_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    filename: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    format: ModelFormat | None = None
+    api_schema: dict[str, Any] | None = None
+    # Filled in from the MLflow worker thread, read by the compensation on failure.
+    run_id: str | None = None
+    model_version: str | None = None
+    model_uri: str | None = None
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Log how long a step of the registration took."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            log.info(
+                "registration_step",
+                step=name,
+                registration_id=self.id,
+                token_id=self.token_id,
+                duration_ms=round((time.perf_counter() - began) * 1000, 2),
+            )
+
+    def row(self, status: RegistrationStatus, **values: Any) -> Registration:
+        check = self.check
+        return Registration(
+            id=self.id,
+            token_id=self.token_id,
+            status=status,
+            principal_id=self.principal_id,
+            # A key is bound only to an outcome it can replay: one whose request was read whole.
+            idempotency_key=self.idempotency_key if self.fingerprint else None,
+            request_fingerprint=self.fingerprint,
+            metric_name=check.name if check else self.metric_name,
+            metric_value=check.value if check else self.metric_value,
+            baseline=check.baseline if check else self.baseline,
+            min_improvement=check.min_improvement if check else None,
+            improvement=check.improvement if check else None,
+            higher_is_better=check.higher_is_better if check else None,
+            passed=check.passed if check else None,
+            metric_source=self.metric_source,
+            artifact_filename=self.filename,
+            artifact_size_bytes=self.size_bytes,
+            artifact_sha256=self.sha256,
+            artifact_format=self.format.value if self.format else None,
+            api_schema=self.api_schema,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            model_uri=self.model_uri,
+            mlflow_run_id=self.run_id,
+            tags=self.tags,
+            **values,
+        )
+
+
+# Reading -----------------------------------------------------------------------------------------
+
+
+async def get_registration(database: Database, registration_id: str) -> RegistrationPublic:
+    async with database.transaction() as session:
+        row = await repository.get(session, registration_id[:64])
+    if row is None:
+        raise RegistrationNotFound(f"no registration {registration_id[:64]}")
+    return RegistrationPublic.of(row)
+
+
+async def list_registrations(
+    database: Database, raw_token_id: str, *, limit: int
+) -> RegistrationList:
+    token_id = normalize_token_id(raw_token_id)
+    async with database.transaction() as session:
+        if await tokens.get(session, token_id) is None:
+            raise TokenNotFound(f"no token {token_id}")
+        rows = await repository.list_for_token(session, token_id, limit=limit)
+    return RegistrationList(items=[RegistrationPublic.of(row) for row in rows])
+
+
+# Registering -------------------------------------------------------------------------------------
+
+
+async def register(
+    services: RegistrationServices,
+    request: Request,
+    *,
+    raw_token_id: str,
+    principal: Principal,
+    idempotency_key: str | None,
+) -> RegistrationPublic:
+    """Run one registration from the streamed request to the committed token."""
+    token_id = normalize_token_id(raw_token_id)
+    attempt = Attempt(
+        id=str(uuid.uuid4()),
+        token_id=token_id,
+        principal_id=principal.key_id,
+        idempotency_key=idempotency_key,
+    )
+    structlog.contextvars.bind_contextvars(registration_id=attempt.id, token_id=token_id)
+    workdir = services.settings.upload_dir / attempt.id
+    try:
+        if idempotency_key:
+            previous = await _previous_attempt(services, principal, idempotency_key)
+            if previous is not None:
+                form = await _receive(services, request, workdir, before_model=None)
+                return _replay(previous, _fingerprint(token_id, form))
+        async with services.database.transaction() as session:
+            token = await tokens.get(session, token_id)
+        if token is None:
+            raise TokenNotFound(f"no token {token_id}")
+        try:
+            _require_registrable(token)
+            with attempt.step("receive_upload"):
+                form = await _receive(
+                    services,
+                    request,
+                    workdir,
+                    before_model=lambda fields: _early_metric_check(token, fields),
+                )
+            attempt.fingerprint = _fingerprint(token_id, form)
+            with attempt.step("check_metric"):
+                await _check_metric(services, token, form, attempt)
+            with attempt.step("check_upload"):
+                archive = await _check_upload(services, form, attempt)
+            _parse_request_options(token, form, attempt)
+            with attempt.step("claim_token"):
+                await _claim(services.database, attempt)
+        except AppError as e:
+            await _record_rejection(services.database, attempt, e)
+            raise
+        try:
+            with attempt.step("log_to_mlflow"):
+                await anyio.to_thread.run_sync(
+                    _log_to_mlflow,
+                    services,
+                    attempt,
+                    form,
+                    archive,
+                    workdir,
+                    limiter=services.mlflow_limiter,
+                )
+            with attempt.step("commit"):
+                result = await _commit(services.database, attempt)
+        except BaseException as e:
+            with anyio.CancelScope(shield=True):
+                await _fail(services, attempt, e)
+            if isinstance(e, Exception):
+                raise _client_error(e) from e
+            raise
+        log.info(
+            "registration_committed",
+            model_name=attempt.model_name,
+            model_version=attempt.model_version,
+            mlflow_run_id=attempt.run_id,
+            duration_ms=round((time.perf_counter() - attempt.started) * 1000, 2),
+        )
+        return result
+    finally:
+        await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+
+
+async def _receive(
+    services: RegistrationServices,
+    request: Request,
+    workdir: Path,
+    *,
+    before_model: Callable[[Mapping[str, str]], None] | None,
+) -> RegistrationForm:
+    return await receive_form(
+        request,
+        directory=workdir,
+        max_upload_bytes=services.settings.max_upload_bytes,
+        max_predictions_bytes=services.settings.max_predictions_bytes,
+        before_model=before_model or (lambda _fields: None),
+    )
+
+
+async def _previous_attempt(
+    services: RegistrationServices, principal: Principal, key: str
+) -> Registration | None:
+    """The finished attempt an Idempotency-Key refers to, if it has not expired."""
+    async with services.database.transaction() as session:
+        previous = await repository.get_by_idempotency_key(session, principal.key_id, key)
+        if previous is None:
+            return None
+        age = (utcnow() - previous.created_at).total_seconds()
+        if age > services.settings.idempotency_ttl_seconds:
+            await repository.release_idempotency_key(session, previous.id)
+            return None
+    if previous.status == RegistrationStatus.IN_PROGRESS:
+        raise RegistrationInProgress(
+            "a registration with this Idempotency-Key is still running",
+            extra={"registration_id": previous.id},
+        )
+    return previous
+
+
+def _fingerprint(token_id: str, form: RegistrationForm) -> str:
+    """What makes two requests "the same" for an Idempotency-Key: every field and file."""
+    described = {
+        "token_id": token_id,
+        "fields": dict(sorted(form.fields.items())),
+        "model": [form.model.filename, form.model.size, form.model.sha256],
+        "predictions": form.predictions.sha256 if form.predictions else None,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def _replay(previous: Registration, fingerprint: str) -> RegistrationPublic:
+    """The first outcome again, or 422 when the key came with a different request."""
+    if previous.request_fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used for a different request; use a new key",
+            extra={"registration_id": previous.id},
+        )
+    log.info("registration_replayed", previous_registration_id=previous.id)
+    if previous.status == RegistrationStatus.REGISTERED:
+        return RegistrationPublic.of(previous)
+    raise StoredProblem({**(previous.error or {}), "registration_id": previous.id})
+
+
+def _require_registrable(token: Token) -> None:
+    if token.status == TokenStatus.REGISTERING:
+        raise RegistrationInProgress(f"token {token.token_id} is being registered right now")
+    if token.status not in REGISTRABLE:
+        raise TokenNotRegistrable(
+            f"token {token.token_id} is {token.status.value}; only draft and failed tokens "
+            "can be registered",
+            extra={"token_status": token.status.value},
+        )
+
+
+def _resolve_fields(token: Token, fields: Mapping[str, str]) -> tuple[MetricSpec, float]:
+    """The metric and baseline of the request, checked against the token's benchmark."""
+    raw_metric = fields.get("metric")
+    if not raw_metric:
+        raise ValidationFailed("the field 'metric' is required")
+    spec = resolve_metric(raw_metric)
+    if "baseline" not in fields:
+        raise InvalidBaseline("the field 'baseline' is required")
+    baseline = parse_number(fields["baseline"], field="baseline", error=InvalidBaseline)
+    if token.metric is not None and token.metric != spec.name:
+        raise BenchmarkMismatch(
+            f"token {token.token_id} is benchmarked on {token.metric}, not {spec.name}",
+            extra={"benchmark": {"metric": token.metric, "baseline": token.baseline}},
+        )
+    if token.baseline is not None and not math.isclose(
+        baseline, token.baseline, rel_tol=0.0, abs_tol=1e-12
+    ):
+        raise BenchmarkMismatch(
+            f"token {token.token_id} has the baseline {token.baseline}; got {baseline}",
+            extra={"benchmark": {"metric": token.metric, "baseline": token.baseline}},
+        )
+    return spec, validate_baseline(spec, baseline)
+
+
+def _early_metric_check(token: Token, fields: Mapping[str, str]) -> None:
+    """When the metric fields precede the model file, refuse bad ones before the upload."""
+    if "metric" in fields and "baseline" in fields:
+        spec, _ = _resolve_fields(token, fields)
+        if "metric_value" in fields:
+            value = parse_number(
+                fields["metric_value"], field="metric_value", error=InvalidMetricValue
+            )
+            validate_metric_value(spec, value)
+
+
+async def _check_metric(
+    services: RegistrationServices, token: Token, form: RegistrationForm, attempt: Attempt
+) -> None:
+    fields = form.fields
+    if "metric" in fields:
+        attempt.metric_name = fields["metric"][:64]
+    spec, baseline = _resolve_fields(token, fields)
+    attempt.metric_name, attempt.baseline = spec.name, baseline
+    has_value = bool(fields.get("metric_value"))
+    if has_value == (form.predictions is not None):
+        raise ValidationFailed(
+            "send exactly one of 'metric_value' (the score) and 'predictions' (a CSV the "
+            "service scores)"
+        )
+    if form.predictions is not None:
+        if not spec.computable:
+            raise InvalidPredictions(
+                f"{spec.name} cannot be computed from predictions; send metric_value"
+            )
+        value = await anyio.to_thread.run_sync(
+            compute_from_predictions, spec, form.predictions.path
+        )
+        attempt.metric_source = "computed"
+    else:
+        value = parse_number(fields["metric_value"], field="metric_value", error=InvalidMetricValue)
+        attempt.metric_source = "reported"
+    attempt.metric_value = value
+    value = validate_metric_value(spec, value)
+    min_improvement = 0.0
+    if fields.get("min_improvement"):
+        min_improvement = validate_min_improvement(
+            parse_number(fields["min_improvement"], field="min_improvement", error=ValidationFailed)
+        )
+    attempt.check = evaluate(spec, value=value, baseline=baseline, min_improvement=min_improvement)
+    require_passed(attempt.check)
+
+
+async def _check_upload(
+    services: RegistrationServices, form: RegistrationForm, attempt: Attempt
+) -> ArchiveInfo | None:
+    model = form.model
+    attempt.filename, attempt.size_bytes, attempt.sha256 = model.filename, model.size, model.sha256
+    fmt = format_for_filename(model.filename)
+    attempt.format = fmt
+    expected = form.fields.get("sha256")
+    if expected:
+        if not SHA256_PATTERN.fullmatch(expected):
+            raise ValidationFailed("sha256 must be 64 hexadecimal characters")
+        if expected.lower() != model.sha256:
+            raise ChecksumMismatch(
+                f"the upload's sha256 is {model.sha256}, not {expected.lower()}",
+                extra={"expected_sha256": expected.lower(), "actual_sha256": model.sha256},
+            )
+    check_content(fmt, model.head, model.path, model.size)
+    if fmt not in ARCHIVE_FORMATS:
+        return None
+    info = await anyio.to_thread.run_sync(
+        lambda: inspect_archive(
+            fmt,
+            model.path,
+            max_unpacked_bytes=services.settings.unpacked_limit,
+            max_files=services.settings.max_archive_files,
+        )
+    )
+    attempt.api_schema = info.api_schema
+    return info
+
+
+def _parse_request_options(token: Token, form: RegistrationForm, attempt: Attempt) -> None:
+    """The optional model name and run tags."""
+    name = form.fields.get("model_name") or f"hokusai-{token.token_id}"
+    if not MODEL_NAME_PATTERN.fullmatch(name):
+        raise ValidationFailed(
+            "model_name must be 1-200 characters of letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    attempt.model_name = name
+    raw_tags = form.fields.get("tags")
+    if not raw_tags:
+        return
+    try:
+        tags = json.loads(raw_tags)
+    except ValueError as e:
+        raise ValidationFailed("tags must be a JSON object of strings") from e
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise ValidationFailed("tags must be a JSON object whose keys and values are strings")
+    if len(tags) > MAX_TAGS:
+        raise ValidationFailed(f"at most {MAX_TAGS} tags")
+    for key, value in tags.items():
+        if not key or len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+            raise ValidationFailed(
+                f"tag keys need 1-{MAX_TAG_KEY} characters and values at most {MAX_TAG_VALUE}"
+            )
+        if key.lower().startswith(RESERVED_TAG_PREFIXES):
+            raise ValidationFailed(f"tag {key!r} uses a reserved prefix")
+        if not key.isprintable() or not value.isprintable():
+            raise ValidationFailed(f"tag {key!r} holds control characters")
+    attempt.tags = tags
+
+
+async def _claim(database: Database, attempt: Attempt) -> None:
+    """Move the token to `registering` if nobody else did first."""
+    try:
+        async with database.transaction() as session:
+            claimed = await _claim_in(session, attempt)
+            if claimed:
+                return
+            token = await tokens.get(session, attempt.token_id)
+    except IntegrityError as e:
+        # Another request with the same Idempotency-Key got here first.
+        raise RegistrationInProgress(
+            "a registration with this Idempotency-Key is already running"
+        ) from e
+    if token is None:
+        raise TokenNotFound(f"no token {attempt.token_id}")
+    _require_registrable(token)
+    # The token was registrable a moment ago and is again; someone else's attempt just ended.
+    raise RegistrationInProgress(f"token {attempt.token_id} is being registered right now")
+
+
+async def _claim_in(session: AsyncSession, attempt: Attempt) -> bool:
+    claimed = await tokens.compare_and_set(
+        session,
+        attempt.token_id,
+        expected=REGISTRABLE,
+        values={
+            "status": TokenStatus.REGISTERING,
+            "current_registration_id": attempt.id,
+            "claimed_at": utcnow(),
+        },
+    )
+    if claimed:
+        session.add(attempt.row(RegistrationStatus.IN_PROGRESS))
+        await session.flush()
+    return claimed
+
+
+def _log_to_mlflow(
+    services: RegistrationServices,
+    attempt: Attempt,
+    form: RegistrationForm,
+    archive: ArchiveInfo | None,
+    workdir: Path,
+) -> None:
+    """The MLflow side of a registration (runs in a worker thread)."""
+    assert attempt.check is not None and attempt.model_name is not None
+    check = attempt.check
+    mlflow = services.mlflow
+    mlflow.ensure_experiment()
+    attempt.run_id = mlflow.start_run(
+        run_name=f"{attempt.token_id}-{attempt.id[:8]}",
+        tags={
+            **attempt.tags,
+            "hokusai.token_id": attempt.token_id,
+            "hokusai.metric": check.name,
+            "hokusai.baseline": repr(check.baseline),
+            "hokusai.metric_value": repr(check.value),
+            "hokusai.registration_id": attempt.id,
+            "hokusai.sha256": form.model.sha256,
+        },
+    )
+    mlflow.log_metric(attempt.run_id, check.name, check.value)
+    if archive is not None:
+        assert attempt.format is not None
+        unpacked = workdir / "unpacked"
+        unpacked.mkdir()
+        root = extract_archive(
+            attempt.format,
+            form.model.path,
+            unpacked,
+            archive,
+            max_unpacked_bytes=services.settings.unpacked_limit,
+        )
+        mlflow.log_model_dir(attempt.run_id, root)
+    else:
+        mlflow.log_model_file(attempt.run_id, form.model.path)
+    ref = mlflow.register_version(
+        run_id=attempt.run_id,
+        model_name=attempt.model_name,
+        tags={
+            "hokusai_token_id": attempt.token_id,
+            "hokusai_registration_id": attempt.id,
+            "benchmark_metric": check.name,
+            "benchmark_value": repr(check.baseline),
+            "metric_value": repr(check.value),
+            "hokusai_status": "registered",
+        },
+    )
+    attempt.model_version, attempt.model_uri = ref.version, ref.model_uri
+    mlflow.finish_run(attempt.run_id)
+
+
+async def _commit(database: Database, attempt: Attempt) -> RegistrationPublic:
+    """Token, registration and events in one transaction."""
+    check = attempt.check
+    assert check is not None and attempt.run_id is not None
+    now = utcnow()
+    async with database.transaction() as session:
+        committed = await tokens.compare_and_set(
+            session,
+            attempt.token_id,
+            expected=(TokenStatus.REGISTERING,),
+            registration_id=attempt.id,
+            values={
+                "status": TokenStatus.REGISTERED,
+                "metric": check.name,
+                "baseline": check.baseline,
+                "metric_value": check.value,
+                "mlflow_run_id": attempt.run_id,
+                "model_name": attempt.model_name,
+                "model_version": attempt.model_version,
+                "model_uri": attempt.model_uri,
+                "registered_at": now,
+                "current_registration_id": None,
+                "claimed_at": None,
+            },
+        )
+        if not committed:
+            raise TokenNotRegistrable(
+                f"token {attempt.token_id} changed while its model was being registered"
+            )
+        common = {
+            "token_id": attempt.token_id,
+            "mlflow_run_id": attempt.run_id,
+            "model_name": attempt.model_name,
+            "model_version": attempt.model_version,
+            "metric_name": check.name,
+            "metric_value": check.value,
+            "baseline_value": check.baseline,
+        }
+        events = await write_events(
+            session,
+            [
+                NewEvent(
+                    EventType.MODEL_REGISTERED,
+                    attempt.token_id,
+                    {
+                        **common,
+                        "registration_id": attempt.id,
+                        "model_uri": attempt.model_uri,
+                        "improvement": check.improvement,
+                        "sha256": attempt.sha256,
+                        "api_schema": attempt.api_schema,
+                    },
+                ),
+                NewEvent(EventType.TOKEN_READY_FOR_DEPLOY, attempt.token_id, common),
+            ],
+        )
+        row = attempt.row(
+            RegistrationStatus.REGISTERED,
+            event_ids=[event.event_id for event in events],
+            registered_at=now,
+            updated_at=now,
+            response_status=201,
+        )
+        await session.merge(row)
+    return RegistrationPublic.of(row)
+
+
+async def _record_rejection(database: Database, attempt: Attempt, error: AppError) -> None:
+    """A refused attempt: its row, and `model_validation_failed` for a failed check."""
+    problem = error.problem()
+    events: list[NewEvent] = []
+    if error.status in _VALIDATION_STATUSES:
+        events.append(
+            NewEvent(
+                EventType.MODEL_VALIDATION_FAILED,
+                attempt.token_id,
+                {
+                    "token_id": attempt.token_id,
+                    "registration_id": attempt.id,
+                    "code": error.code,
+                    "detail": error.detail,
+                    "metric_name": attempt.metric_name,
+                    "metric_value": attempt.metric_value,
+                    "baseline_value": attempt.baseline,
+                },
+            )
+        )
+    try:
+        async with database.transaction() as session:
+            written = await write_events(session, events)
+            session.add(
+                attempt.row(
+                    RegistrationStatus.REJECTED,
+                    error={k: v for k, v in problem.items() if k != "request_id"},
+                    event_ids=[event.event_id for event in written],
+                    response_status=error.status,
+                )
+            )
+    except (AppError, IntegrityError):
+        # The refusal stands even if recording it failed (e.g. the database is down).
+        log.warning("rejection_not_recorded", code=error.code)
+    error.extra.setdefault("registration_id", attempt.id)
+    log.info("registration_rejected", code=error.code, detail=error.detail)
+
+
+async def _fail(services: RegistrationServices, attempt: Attempt, error: BaseException) -> None:
+    """After the claim: undo MLflow, mark the token failed, announce `registration_failed`."""
+    client_error = _client_error(error)
+    problem = client_error.problem()
+    if client_error.status >= 500:
+        # A retry with the same key should try again, not replay an outage.
+        attempt.idempotency_key = None
+    log.error(
+        "registration_failed",
+        code=problem["code"],
+        error=repr(error)[:500],
+        mlflow_run_id=attempt.run_id,
+        model_version=attempt.model_version,
+    )
+    await anyio.to_thread.run_sync(
+        lambda: services.mlflow.fail_registration(
+            run_id=attempt.run_id,
+            model_name=attempt.model_name,
+            version=attempt.model_version,
+            reason=f"{problem['code']}: {problem['detail']}",
+        ),
+        limiter=services.mlflow_limiter,
+    )
+    try:
+        async with services.database.transaction() as session:
+            await tokens.compare_and_set(
+                session,
+                attempt.token_id,
+                expected=(TokenStatus.REGISTERING,),
+                registration_id=attempt.id,
+                values={
+                    "status": TokenStatus.FAILED,
+                    "current_registration_id": None,
+                    "claimed_at": None,
+                },
+            )
+            events = await write_events(
+                session,
+                [
+                    NewEvent(
+                        EventType.REGISTRATION_FAILED,
+                        attempt.token_id,
+                        {
+                            "token_id": attempt.token_id,
+                            "registration_id": attempt.id,
+                            "code": problem["code"],
+                            "detail": problem["detail"],
+                        },
+                    )
+                ],
+            )
+            now = utcnow()
+            await session.merge(
+                attempt.row(
+                    RegistrationStatus.FAILED,
+                    error={k: v for k, v in problem.items() if k != "request_id"},
+                    event_ids=[event.event_id for event in events],
+                    updated_at=now,
+                    response_status=client_error.status,
+                )
+            )
+    except Exception:
+        # The token stays `registering`; the recovery sweep settles it after the lease.
+        log.exception("registration_failure_not_recorded")
+
+
+def _client_error(error: BaseException) -> AppError:
+    """What the caller is told about a failure after the claim."""
+    if isinstance(error, AppError):
+        return error
+    if isinstance(error, MlflowError):
+        return MlflowFailed(str(error)[:500] or "MLflow refused the registration")
+    return InternalError("the registration failed unexpectedly; the token is now failed")
