@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,6 +60,17 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def StatusType(enum: type[StrEnum]) -> sa.Enum:  # noqa: N802 (reads as a column type)
+    """A status column: VARCHAR(16) holding the enum's values, loaded back as the enum."""
+    return sa.Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+    )
 
 
 def sync_url(raw: str) -> URL:

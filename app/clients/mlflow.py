@@ -64,6 +64,7 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.DisconnectionError,
     sqlalchemy.exc.TimeoutError,  # connection pool exhausted
 )
+_URL_CREDENTIALS = re.compile(r"//[^/@\s]+@")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _ERROR_TAG_MAX = 1000
 _READY_POLL_SECONDS = 0.25
@@ -113,7 +114,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException, limit: int = 300) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    # MLflow's messages embed request URLs; keep any user:password@ out of the logs.
+    text = _URL_CREDENTIALS.sub("//***@", f"{type(exc).__name__}: {exc}")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -180,8 +182,12 @@ def _configure_http(request_timeout: float) -> None:
     """Make MLflow's REST client fail fast so that our bounded retry is the only one."""
     # mlflow reads these on every request (mlflow.environment_variables), so setting them before
     # the first call is enough; they are process-wide, like the MLflow client's HTTP sessions.
+    # Its own loop would otherwise retry 7 times with backoff, 120 s each: minutes per call.
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(request_timeout)))
+    # Against a server, set_terminated prints the run's UI link to stdout (with an extra GET):
+    # stdout carries the service's JSON logs.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 class MlflowRegistry:
@@ -237,6 +243,7 @@ class MlflowRegistry:
         budget: float | None = None,
         recover: Callable[[MlflowClient], T | None] | None = None,
         quiet: bool = False,
+        **context: str,
     ) -> T:
         """Run one MLflow operation with bounded retries and translate whatever it raises.
 
@@ -268,6 +275,7 @@ class MlflowRegistry:
                         (log.info if transient else log.warning)(
                             "mlflow_call_failed",
                             op=op,
+                            **context,
                             attempt=attempts,
                             duration_ms=round((time.perf_counter() - t0) * 1000, 1),
                             transient=transient,
@@ -277,6 +285,7 @@ class MlflowRegistry:
                     (log.debug if quiet else log.info)(
                         "mlflow_call",
                         op=op,
+                        **context,
                         attempt=attempts,
                         recovered=found is not None,
                         duration_ms=round((time.perf_counter() - t0) * 1000, 1),
@@ -288,7 +297,11 @@ class MlflowRegistry:
             elapsed = time.monotonic() - started
             if is_transient(e):
                 log.error(
-                    "mlflow_unavailable", op=op, attempts=attempts, elapsed_s=round(elapsed, 2)
+                    "mlflow_unavailable",
+                    op=op,
+                    **context,
+                    attempts=attempts,
+                    elapsed_s=round(elapsed, 2),
                 )
                 raise MlflowUnavailable(
                     f"MLflow did not answer ({op}) after {attempts} attempt(s) in {elapsed:.1f} s"
@@ -310,7 +323,8 @@ class MlflowRegistry:
                 quiet=True,
             )
         except MlflowError as e:
-            raise MlflowUnavailable(f"MLflow is not usable: {e}") from e
+            # For readiness a refusal is as bad as silence; the cause stays in the logs.
+            raise MlflowUnavailable("MLflow answered the readiness check with an error") from e
 
     def ensure_experiment(self) -> str:
         """Get or create the registrations experiment and remember its id."""
@@ -360,7 +374,7 @@ class MlflowRegistry:
             )
             return str(runs[0].info.run_id) if runs else None
 
-        return self._call("create_run", create, recover=recover)
+        return self._call("create_run", create, recover=recover, run_name=run_name)
 
     def log_metric(self, run_id: str, name: str, value: float) -> None:
         """Log the benchmark metric on the run (step 0)."""
@@ -369,6 +383,7 @@ class MlflowRegistry:
         self._call(
             "log_metric",
             lambda c: c.log_metric(run_id, name, value, timestamp=timestamp, step=0),
+            run_id=run_id,
         )
 
     def log_model_file(self, run_id: str, path: Path) -> None:
@@ -376,7 +391,9 @@ class MlflowRegistry:
         if not path.is_file():
             raise MlflowError(f"not a file: {path}")
         self._call(
-            "log_artifact", lambda c: c.log_artifact(run_id, str(path), artifact_path=ARTIFACT_PATH)
+            "log_artifact",
+            lambda c: c.log_artifact(run_id, str(path), artifact_path=ARTIFACT_PATH),
+            run_id=run_id,
         )
 
     def log_model_dir(self, run_id: str, directory: Path) -> None:
@@ -386,6 +403,7 @@ class MlflowRegistry:
         self._call(
             "log_artifacts",
             lambda c: c.log_artifacts(run_id, str(directory), artifact_path=ARTIFACT_PATH),
+            run_id=run_id,
         )
 
     def register_version(
@@ -401,7 +419,7 @@ class MlflowRegistry:
                 if not _has_code(e, "RESOURCE_ALREADY_EXISTS"):
                     raise
 
-        self._call("create_registered_model", create_model)
+        self._call("create_registered_model", create_model, model_name=model_name)
 
         version_tags = {"hokusai_status": "registered", **tags}
         source = f"runs:/{run_id}/{ARTIFACT_PATH}"
@@ -415,18 +433,29 @@ class MlflowRegistry:
             existing = self._search_versions(client, model_name, run_id)
             return max(existing, key=lambda mv: int(mv.version)) if existing else None
 
-        version = self._call("create_model_version", create_version, recover=recover)
+        version = self._call(
+            "create_model_version",
+            create_version,
+            recover=recover,
+            run_id=run_id,
+            model_name=model_name,
+        )
+        # If anything below fails the version stays behind; fail_registration finds it by run.
         self._await_ready(version)
         number = str(version.version)
         self._call(
             "set_registered_model_alias",
             lambda c: c.set_registered_model_alias(model_name, REGISTERED_ALIAS, number),
+            model_name=model_name,
+            version=number,
         )
         return ModelVersionRef(model_name, number, f"models:/{model_name}/{number}")
 
     def finish_run(self, run_id: str) -> None:
         """Mark the run FINISHED."""
-        self._call("set_terminated", lambda c: c.set_terminated(run_id, status="FINISHED"))
+        self._call(
+            "set_terminated", lambda c: c.set_terminated(run_id, status="FINISHED"), run_id=run_id
+        )
 
     def fail_registration(
         self, *, run_id: str | None, model_name: str | None, version: str | None, reason: str
@@ -455,11 +484,15 @@ class MlflowRegistry:
         versions = [version] if version is not None else []
         if version is None and run_id is not None:
             # register_version may have created a version before it failed without returning it.
-            try:
-                found = self.find_versions_for_run(model_name, run_id)
-                versions = [ref.version for ref in found]
-            except Exception as e:
-                log.warning("mlflow_compensation_failed", op="find_versions", error=_describe(e))
+            source_run = run_id
+            found: list[ModelVersion] = []
+
+            def search(client: MlflowClient) -> None:
+                self._check_run_id(source_run)
+                found[:] = self._search_versions(client, model_name, source_run)
+
+            if attempt("search_model_versions", search):
+                versions = [str(mv.version) for mv in found]
 
         for number in versions:
             self._discard_version(model_name, number, attempt)

@@ -1,8 +1,8 @@
 """Computing a metric from a predictions CSV, with the same numbers scikit-learn gives.
 
-The file is read row by row with the csv module and converted to numpy in chunks, so memory holds
-the parsed float columns, never the file's text. Each cell is checked while its row number is still
-known, so every complaint about the data can name the row (and the file line) at fault.
+The file is streamed through the csv module and converted to numpy a chunk of rows at a time, so
+memory holds the parsed float columns, never the file's text. Every complaint about the data names
+the data row at fault and the file line it is on.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ _MAX_LINE_CHARS = 1 << 20
 _READ_CHARS = 1 << 16
 _LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)")
 _MAX_ECHO = 40
+# Class labels must be whole numbers a float holds exactly; scikit-learn treats larger "integers"
+# as continuous targets and refuses them.
+_MAX_LABEL = 2.0**53
 
 # Characters a plain decimal number can contain (plus the "," used to join cells and the whitespace
 # float() strips). One regex search over a joined chunk rejects "nan", "inf", "1_000" and non-ASCII
@@ -121,14 +124,17 @@ def _bounded_lines(handle: TextIO) -> Iterator[str]:
         text = pending + block
         # A trailing "\r" may be the first half of a "\r\n" that the next block completes.
         end = len(text) - 1 if text.endswith("\r") else len(text)
-        lines = _LINE.findall(text, 0, end)
-        pending = text[sum(map(len, lines)) :]
+        # Cut after the last line end so the regex only ever sees complete lines: on a tail with no
+        # line end it would rescan to the end from every position, quadratic in the tail's length.
+        cut = max(text.rfind("\n", 0, end), text.rfind("\r", 0, end)) + 1
+        pending = text[cut:]
         if len(pending) > _MAX_LINE_CHARS:
             raise InvalidPredictions(
                 f"the predictions file has a line longer than {_MAX_LINE_CHARS} characters; "
                 "is it a CSV file?"
             )
-        yield from lines
+        if cut:
+            yield from _LINE.findall(text, 0, cut)
     if pending:
         yield pending
 
@@ -290,11 +296,12 @@ def _first_bad(
 ) -> tuple[int, str] | None:
     if values is None:
         # Something did not parse; find it cell by cell, which is slow but only happens once.
+        # The same rules as the fast path, so some cell here is always found at fault.
         for index, cell in enumerate(cells):
-            text = cell.strip()
+            text = cell.strip(" \t")
             if not text:
                 return index, "is empty"
-            if NUMBER_PATTERN.fullmatch(text) is None:
+            if _FOREIGN_CHAR.search(text) or NUMBER_PATTERN.fullmatch(text) is None:
                 return index, f"is not a number: {_shown(cell)}"
             if not math.isfinite(float(text)):
                 return index, f"is not a finite number: {_shown(cell)}"
@@ -306,7 +313,7 @@ def _first_bad(
         elif kind is Kind.PROBABILITY:
             ok = (values >= 0) & (values <= 1)
         elif kind is Kind.LABEL:
-            ok = np.isfinite(values) & (values == np.floor(values))
+            ok = (values == np.floor(values)) & (np.abs(values) <= _MAX_LABEL)
         else:
             ok = np.isfinite(values)
     if bool(ok.all()):
@@ -319,8 +326,9 @@ def _first_bad(
 
 
 # Metrics -----------------------------------------------------------------------------------------
-# Each mirrors scikit-learn's arithmetic (same formula, same order of operations) so results agree
-# to float rounding, not just to a tolerance.
+# Each follows scikit-learn's formula and order of operations, so results agree to float rounding
+# rather than merely to a tolerance. AUROC is the exception in form, not in value: the rank-sum
+# count below equals sklearn's trapezoidal area under roc_curve, ties included.
 
 
 def _accuracy(y_true: FloatArray, y_pred: FloatArray) -> float:

@@ -39,11 +39,6 @@ class MetricSpec:
         """Whether x is a finite number inside the valid range (finite bounds are inclusive)."""
         return math.isfinite(x) and self.lower <= x <= self.upper
 
-    @property
-    def direction(self) -> str:
-        """Which way is better, as the word used in messages: higher or lower."""
-        return "higher" if self.higher_is_better else "lower"
-
 
 def _bound_text(bound: float) -> str:
     return f"{bound:g}"

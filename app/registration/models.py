@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from app.db import JSONType, UTCDateTime, utcnow
+from app.db import JSONType, StatusType, UTCDateTime, utcnow
 
 
 class RegistrationStatus(StrEnum):
@@ -24,7 +24,7 @@ class Registration(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=36)
     token_id: str = Field(max_length=64)
-    status: RegistrationStatus = Field(sa_type=sa.String(16))
+    status: RegistrationStatus = Field(sa_type=StatusType(RegistrationStatus))
     principal_id: str | None = Field(default=None, max_length=32)
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_fingerprint: str | None = Field(default=None, max_length=64)

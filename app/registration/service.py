@@ -560,6 +560,7 @@ def _log_to_mlflow(
             unpacked,
             archive,
             max_unpacked_bytes=services.settings.unpacked_limit,
+            max_files=services.settings.max_archive_files,
         )
         mlflow.log_model_dir(attempt.run_id, root)
     else:

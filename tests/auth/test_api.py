@@ -1,0 +1,69 @@
+"""API keys and scopes."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import Api
+
+
+class TestAuthentication:
+    @pytest.mark.parametrize("path", ["/health", "/ready", "/docs", "/openapi.json"])
+    async def test_probes_and_docs_need_no_key(self, api: Api, path: str) -> None:
+        response = await api.client.get(path)
+        assert response.status_code == 200, response.text
+
+    async def test_missing_key_is_401(self, api: Api) -> None:
+        response = await api.client.get("/tokens")
+        assert response.status_code == 401
+        assert response.json()["code"] == "unauthorized"
+        assert response.headers["content-type"] == "application/problem+json"
+
+    @pytest.mark.parametrize(
+        "key", ["nope", "hok_", "hok_abc_def", "hok_ffffffffffff_" + "x" * 43, "Bearer x"]
+    )
+    async def test_unknown_key_is_401(self, api: Api, key: str) -> None:
+        response = await api.client.get("/tokens", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 401
+        assert response.json()["code"] == "unauthorized"
+
+    async def test_tampered_secret_is_401(self, api: Api) -> None:
+        tampered = api.admin_key[:-2] + ("aa" if not api.admin_key.endswith("aa") else "bb")
+        response = await api.client.get("/tokens", headers=api.auth(tampered))
+        assert response.status_code == 401
+
+    async def test_x_api_key_header_works(self, api: Api) -> None:
+        response = await api.client.get("/tokens", headers={"X-API-Key": api.admin_key})
+        assert response.status_code == 200
+
+    async def test_key_is_stored_only_as_hash(self, api: Api) -> None:
+        async with api.database.transaction() as session:
+            rows = (await session.execute(sa.text("SELECT id, key_hash FROM api_keys"))).all()
+        secret = api.admin_key.rsplit("_", 1)[1]
+        assert rows
+        assert all(secret not in key_hash and len(key_hash) == 64 for _, key_hash in rows)
+
+
+class TestScopes:
+    async def test_key_without_scope_is_403(self, api: Api) -> None:
+        reader = await api.key_with("tokens:read")
+        response = await api.client.post(
+            "/tokens", json={"token_id": "XRAY"}, headers=api.auth(reader)
+        )
+        assert response.status_code == 403
+        assert response.json()["code"] == "forbidden"
+
+    async def test_registering_needs_models_register(self, api: Api) -> None:
+        writer = await api.key_with("tokens:write", "tokens:read")
+        response = await api.client.post(
+            "/models/XRAY/register",
+            files={"model_file": ("m.pkl", b"x")},
+            headers=api.auth(writer),
+        )
+        assert response.status_code == 403
+
+    async def test_scoped_key_reaches_its_endpoint(self, api: Api) -> None:
+        reader = await api.key_with("tokens:read")
+        response = await api.client.get("/tokens", headers=api.auth(reader))
+        assert response.status_code == 200
