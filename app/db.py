@@ -62,7 +62,7 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-def StatusType(enum: type[StrEnum]) -> sa.Enum:  # noqa: N802 (reads as a column type)
+def StatusType(enum: type[StrEnum]) -> sa.Enum:
     """A status column: VARCHAR(16) holding the enum's values, loaded back as the enum."""
     return sa.Enum(
         enum,

@@ -49,15 +49,31 @@ def main() -> None:
         for name in ("HOKUSAI_DATABASE_URL", "HOKUSAI_MLFLOW_TRACKING_URI"):
             env.pop(name, None)
         subprocess.run([BIN / "hokusai-registry", "migrate"], env=env, check=True)
-        key = subprocess.run(
-            [BIN / "hokusai-registry", "create-api-key", "--name", "bench", "--scopes", "admin"],
-            env=env, check=True, capture_output=True, text=True,
-        ).stdout.strip().splitlines()[-1]
+        key = (
+            subprocess.run(
+                [
+                    BIN / "hokusai-registry",
+                    "create-api-key",
+                    "--name",
+                    "bench",
+                    "--scopes",
+                    "admin",
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         port = free_port()
         started = time.perf_counter()
         server = subprocess.Popen(
             [BIN / "hokusai-registry", "serve", "--port", str(port), "--no-migrate"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -84,8 +100,12 @@ def main() -> None:
                     began = time.perf_counter()
                     response = client.post(
                         f"/models/{token_id}/register",
-                        data={"metric": "auroc", "baseline": "0.82", "metric_value": "0.86",
-                              "sha256": digest},
+                        data={
+                            "metric": "auroc",
+                            "baseline": "0.82",
+                            "metric_value": "0.86",
+                            "sha256": digest,
+                        },
                         files={"model_file": ("model.pkl", model, "application/octet-stream")},
                     )
                     elapsed = time.perf_counter() - began
@@ -99,7 +119,9 @@ def main() -> None:
 
     timings.sort()
     p90 = timings[int(0.9 * (len(timings) - 1))]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print(f"service ready after start: {ready_after:.2f} s")
     print(f"1 MiB registrations: {len(timings)} (after {args.warmup} warm-up)")
     print(f"median: {statistics.median(timings) * 1000:.1f} ms")

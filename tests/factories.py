@@ -21,7 +21,8 @@ flavors:
     pickled_model: model.pkl
     sklearn_version: 1.5.2
 signature:
-  inputs: '[{"type": "double", "name": "age", "required": true}, {"type": "double", "name": "bmi", "required": true}]'
+  inputs: '[{"type": "double", "name": "age", "required": true},
+    {"type": "double", "name": "bmi", "required": true}]'
   outputs: '[{"type": "long", "required": true}]'
   params: null
 """

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from io import BufferedWriter
 from pathlib import Path
+from typing import BinaryIO
 
 from starlette.requests import ClientDisconnect, Request
 from streaming_form_data import StreamingFormDataParser
@@ -111,7 +111,7 @@ class _FileTarget(BaseTarget):
         self._on_start = on_start
         self._hash = hashlib.sha256()
         self._head = bytearray()
-        self._file: BufferedWriter | None = None
+        self._file: BinaryIO | None = None
         self.size = 0
         self.path: Path | None = None
         self.filename: str | None = None

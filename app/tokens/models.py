@@ -29,7 +29,9 @@ class Token(SQLModel, table=True):
 
     token_id: str = Field(primary_key=True, max_length=64)
     name: str | None = Field(default=None, max_length=200)
-    status: TokenStatus = Field(default=TokenStatus.DRAFT, sa_type=StatusType(TokenStatus), index=True)
+    status: TokenStatus = Field(
+        default=TokenStatus.DRAFT, sa_type=StatusType(TokenStatus), index=True
+    )
     metric: str | None = Field(default=None, max_length=64)
     baseline: float | None = None
     metric_value: float | None = None

@@ -52,7 +52,11 @@ def service(
     subprocess.run([BIN / "hokusai-registry", "migrate"], env=env, check=True, timeout=120)
     created = subprocess.run(
         [BIN / "hokusai-registry", "create-api-key", "--name", "e2e", "--scopes", "admin"],
-        env=env, check=True, timeout=120, capture_output=True, text=True,
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
     )
     key = created.stdout.strip().splitlines()[-1]
     port = free_port()
@@ -60,7 +64,9 @@ def service(
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [BIN / "hokusai-registry", "serve", "--port", str(port), "--no-migrate"],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -124,12 +130,15 @@ def test_registers_1_mib_model_and_mlflow_server_agrees(
     assert version.run_id == body["mlflow_run_id"]
     assert version.tags["hokusai_status"] == "registered"
     assert version.tags["benchmark_metric"] == "auroc"
-    assert str(mlflow.get_model_version_by_alias("hokusai-E2E-XRAY", "registered").version) == (
-        body["model_version"]
+    assert (
+        str(mlflow.get_model_version_by_alias("hokusai-E2E-XRAY", "registered").version)
+        == (body["model_version"])
     )
 
 
-def test_rejected_registration_leaves_no_version(service: tuple[str, str], mlflow_server: str) -> None:
+def test_rejected_registration_leaves_no_version(
+    service: tuple[str, str], mlflow_server: str
+) -> None:
     url, key = service
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:

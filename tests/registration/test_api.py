@@ -1,4 +1,4 @@
-"""`POST /models/{token_id}/register` in process, on SQLite and PostgreSQL, with a real MLflow store.
+"""`POST /models/{token_id}/register` in process on SQLite and PostgreSQL, with a real MLflow store.
 
 Every error code of the contract's register section is exercised here; the success path is read
 back from MLflow with its own client.
