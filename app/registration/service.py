@@ -9,6 +9,7 @@ the token to `failed`, undoes what MLflow holds for the attempt, and writes `reg
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -112,6 +113,7 @@ class Attempt:
     idempotency_key: str | None
     fingerprint: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    created_at: dt.datetime = field(default_factory=utcnow)
     check: MetricCheck | None = None
     metric_name: str | None = None
     metric_value: float | None = None
@@ -172,6 +174,7 @@ class Attempt:
             model_uri=self.model_uri,
             mlflow_run_id=self.run_id,
             tags=self.tags,
+            created_at=self.created_at,
             **values,
         )
 
