@@ -28,7 +28,16 @@ from app.manage import migrate
 POSTGRES_ADMIN_URL = os.environ.get(
     "HOKUSAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-TABLES = ("registrations", "events", "tokens", "api_keys")
+TABLES = (
+    "delivery_attempts",
+    "deliveries",
+    "webhook_endpoints",
+    "dispatch_cursors",
+    "registrations",
+    "events",
+    "tokens",
+    "api_keys",
+)
 
 
 def _postgres_available() -> bool:

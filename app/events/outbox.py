@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.events.models import OutboxEvent
+from app.events.signal import new_events
 
 EVENT_SOURCE = "hokusai-ml-platform"
 NOTIFY_CHANNEL = "hokusai_events"
@@ -42,7 +45,9 @@ class NewEvent:
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-async def write_events(session: AsyncSession, events: list[NewEvent]) -> list[OutboxEvent]:
+async def write_events(
+    session: AsyncSession, events: list[NewEvent], *, audience: str | None = None
+) -> list[OutboxEvent]:
     """Add events to the outbox in the session's transaction; returns them with sequences."""
     if not events:
         return []
@@ -56,11 +61,13 @@ async def write_events(session: AsyncSession, events: list[NewEvent]) -> list[Ou
             event_type=event.event_type,
             token_id=event.token_id,
             payload=dict(event.payload),
+            audience=audience,
         )
         for event in events
     ]
     session.add_all(rows)
     await session.flush()
+    _notify_after_commit(session)
     if on_postgres:
         # Delivered by PostgreSQL at commit, and only if the transaction commits.
         for row in rows:
@@ -79,3 +86,14 @@ def envelope(event: OutboxEvent) -> dict[str, Any]:
         "token_id": event.token_id,
         "payload": event.payload,
     }
+
+
+def _notify_after_commit(session: AsyncSession) -> None:
+    """Wake this process's waiters once the transaction has committed (not before)."""
+    sync_session = session.sync_session
+    if not event.contains(sync_session, "after_commit", _wake):
+        event.listen(sync_session, "after_commit", _wake, once=True)
+
+
+def _wake(_session: Session) -> None:
+    new_events.notify()
