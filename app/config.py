@@ -69,6 +69,29 @@ class Settings(BaseSettings):
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default=[5, 300, 1800, 7200, 18000, 36000, 36000]
     )
+    webhook_allow_private_targets: bool | None = Field(
+        default=None,
+        description="let webhooks reach loopback and private addresses; default: yes in "
+        "development and test, no in production",
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    run_dispatcher: bool = Field(
+        default=True,
+        description="deliver events from inside the API process; turn off when running "
+        "`hokusai-registry worker` processes instead",
+    )
+    dispatcher_concurrency: int = Field(default=16, ge=1, le=256)
+    dispatcher_batch_size: int = Field(default=100, ge=1, le=1000)
+    dispatcher_lease_seconds: float = Field(default=60.0, gt=0)
+    dispatcher_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    delivery_retention_days: float = Field(
+        default=14, gt=0, description="delivered and dead deliveries are deleted after this"
+    )
+    event_retention_days: float = Field(
+        default=30, gt=0, description="outbox events fully delivered are deleted after this"
+    )
+    redis_stream_maxlen: int = Field(default=100_000, gt=0)
 
     log_level: str = "INFO"
     log_json: bool | None = Field(
@@ -96,6 +119,8 @@ class Settings(BaseSettings):
             and secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
         ):
             raise ValueError("HOKUSAI_WEBHOOK_SECRET is a placeholder; set a real secret")
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError("HOKUSAI_WEBHOOK_URL needs HOKUSAI_WEBHOOK_SECRET (whsec_...)")
         if any(delay < 0 for delay in self.webhook_retry_schedule):
             raise ValueError("HOKUSAI_WEBHOOK_RETRY_SCHEDULE must list non-negative seconds")
         return self
@@ -132,6 +157,12 @@ class Settings(BaseSettings):
     @property
     def upload_dir(self) -> Path:
         return self.data_dir.resolve() / "uploads"
+
+    @property
+    def allow_private_webhook_targets(self) -> bool:
+        if self.webhook_allow_private_targets is not None:
+            return self.webhook_allow_private_targets
+        return self.env is not Environment.PRODUCTION
 
     @property
     def json_logs(self) -> bool:

@@ -110,6 +110,16 @@ class RegistrationNotFound(NotFound):
     title = "Registration not found"
 
 
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+    title = "Webhook endpoint not found"
+
+
+class DeliveryNotFound(NotFound):
+    code = "delivery_not_found"
+    title = "Delivery not found"
+
+
 # 409 ---------------------------------------------------------------------------------------------
 
 
@@ -137,6 +147,16 @@ class InvalidStatusTransition(Conflict):
 class RegistrationInProgress(Conflict):
     code = "registration_in_progress"
     title = "A registration for this token is already in progress"
+
+
+class StaticWebhookReadOnly(Conflict):
+    code = "static_webhook_readonly"
+    title = "The static webhook endpoint is managed by HOKUSAI_WEBHOOK_URL"
+
+
+class WebhookInactive(Conflict):
+    code = "webhook_inactive"
+    title = "The webhook endpoint is inactive"
 
 
 # 413 / 415 / 422 ---------------------------------------------------------------------------------
@@ -205,6 +225,11 @@ class ChecksumMismatch(ValidationFailed):
 class IdempotencyKeyReused(ValidationFailed):
     code = "idempotency_key_reused"
     title = "The idempotency key was used for a different request"
+
+
+class WebhookUrlNotAllowed(ValidationFailed):
+    code = "webhook_url_not_allowed"
+    title = "The webhook URL is not allowed here"
 
 
 # 500 / 502 / 503 ---------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 import structlog
@@ -13,6 +13,10 @@ from app.clients.mlflow import MlflowRegistry
 from app.config import Settings, get_settings
 from app.db import Database
 from app.errors import install_error_handlers
+from app.events.dispatcher import dispatching
+from app.events.listener import start_listener
+from app.events.router import router as feed_router
+from app.events.webhooks.router import router as webhooks_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.openapi import Problem
@@ -44,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
         database = Database(settings.resolved_database_url)
+        events_listener = start_listener(database)
         mlflow = MlflowRegistry(
             tracking_uri=settings.resolved_tracking_uri,
             registry_uri=settings.mlflow_registry_uri,
@@ -70,11 +75,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             database=database.backend,
             mlflow=_redacted_uri(settings.resolved_tracking_uri),
         )
-        try:
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(database.dispose)
+            stack.push_async_callback(events_listener.stop)
+            if settings.run_dispatcher:
+                app.state.dispatcher = await stack.enter_async_context(
+                    dispatching(settings, database)
+                )
             yield
-        finally:
-            await database.dispose()
-            log.info("service_stopped")
+        log.info("service_stopped")
 
     app = FastAPI(
         title="Hokusai model registration service",
@@ -93,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system_router)
     app.include_router(tokens_router)
     app.include_router(registration_router)
+    app.include_router(feed_router)
+    app.include_router(webhooks_router)
     _register_problem_schema(app)
     return app
 

@@ -40,6 +40,8 @@ def _serve(args: argparse.Namespace) -> None:
     if not args.no_migrate:
         migrate()
     settings = get_settings()
+    if settings.env.value == "development":
+        _ensure_dev_api_key()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -50,6 +52,75 @@ def _serve(args: argparse.Namespace) -> None:
         proxy_headers=True,
         timeout_graceful_shutdown=settings.registration_lease_seconds // 10 or 30,
     )
+
+
+def _ensure_dev_api_key() -> None:
+    """Leave an admin key in DATA_DIR/dev-api-key (mode 0600) for the `hokusai` CLI.
+
+    Development only: a newcomer can register a model right after `make run`. The file is written
+    when it is missing or holds a key this database does not know (a fresh database).
+    """
+    from app.auth.service import authenticate, create_api_key
+    from app.db import Database
+    from app.errors import Unauthorized
+
+    settings = get_settings()
+    path = settings.data_dir.resolve() / "dev-api-key"
+    existing = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+
+    async def ensure() -> str | None:
+        database = Database(settings.resolved_database_url)
+        try:
+            async with database.transaction() as session:
+                if existing:
+                    try:
+                        await authenticate(session, existing)
+                        return None
+                    except Unauthorized:
+                        pass
+                _, key = await create_api_key(session, name="dev-cli", scopes=["admin"])
+                return key
+        finally:
+            await database.dispose()
+
+    key = asyncio.run(ensure())
+    if key is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(key + "\n")
+    os.replace(partial, path)
+    print(f"development API key (admin) for the hokusai CLI written to {path}", file=sys.stderr)
+
+
+def _worker(_args: argparse.Namespace) -> None:
+    """Deliver events (webhooks, Redis) until SIGTERM or SIGINT."""
+    import signal
+
+    from app.db import Database
+    from app.events.dispatcher import dispatching
+    from app.events.listener import listen_for_events
+    from app.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(level=settings.log_level, json=settings.json_logs)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        database = Database(settings.resolved_database_url)
+        try:
+            async with listen_for_events(database), dispatching(settings, database):
+                await stop.wait()
+        finally:
+            await database.dispose()
+
+    asyncio.run(run())
 
 
 def _create_api_key(args: argparse.Namespace) -> None:
@@ -82,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
     serve.add_argument("--no-migrate", action="store_true", help="skip `migrate` at start")
     serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="deliver events to webhooks and Redis (run any number of these)"
+    )
+    worker.set_defaults(handler=_worker)
 
     migrate_cmd = commands.add_parser("migrate", help="apply database migrations")
     migrate_cmd.set_defaults(handler=lambda _args: migrate())

@@ -32,7 +32,6 @@ TABLES = (
     "delivery_attempts",
     "deliveries",
     "webhook_endpoints",
-    "dispatch_cursors",
     "registrations",
     "events",
     "tokens",
@@ -82,6 +81,8 @@ def make_settings(
         "mlflow_retry_seconds": 2.0,
         "log_json": False,
         "log_level": "WARNING",
+        # Tests that deliver events run their own dispatcher, so nothing races them for work.
+        "run_dispatcher": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -145,5 +146,6 @@ async def api(_api_session: Api) -> Api:
         else:
             for table in TABLES:
                 await conn.execute(sa.text(f"DELETE FROM {table}"))
+        await conn.execute(sa.text("UPDATE dispatch_cursors SET position = 0"))
     _api_session.admin_key = await _api_session.key_with("admin")
     return _api_session

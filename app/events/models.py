@@ -36,6 +36,10 @@ class OutboxEvent(SQLModel, table=True):
     audience: str | None = Field(default=None, max_length=36)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
+    # Without AUTOINCREMENT, SQLite may hand out a deleted row's number again once retention
+    # has emptied the table, and sequences must never go back.
+    __table_args__ = {"sqlite_autoincrement": True}
+
 
 class WebhookEndpoint(SQLModel, table=True):
     __tablename__ = "webhook_endpoints"

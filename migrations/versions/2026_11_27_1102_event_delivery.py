@@ -6,6 +6,7 @@ Create Date: 2026-11-27 11:02:08.957338
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -26,6 +27,16 @@ def upgrade() -> None:
         sa.Column("position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_dispatch_cursors")),
+    )
+    # The dispatcher's fan-out cursor exists from the start; workers only ever update it.
+    op.bulk_insert(
+        sa.table(
+            "dispatch_cursors",
+            sa.column("name", sa.String),
+            sa.column("position", sa.BigInteger),
+            sa.column("updated_at", sa.DateTime(timezone=True)),
+        ),
+        [{"name": "fanout", "position": 0, "updated_at": datetime.now(UTC)}],
     )
     op.create_table(
         "webhook_endpoints",

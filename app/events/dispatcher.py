@@ -1,0 +1,403 @@
+"""The dispatcher: delivers every outbox event to every webhook endpoint and to Redis.
+
+One loop, run inside the API process by default and by `hokusai-registry worker` processes:
+
+1. **Fan out**: under a lock on the fan-out cursor, new outbox events (in sequence order, which is
+   commit order) become one `Delivery` row per recipient, and the cursor moves past them.
+2. **Claim**: due deliveries are leased to this worker (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so
+   workers never attempt the same delivery at once; a lease that runs out (a worker died) frees it.
+3. **Deliver** concurrently, then **record** each attempt and the delivery's next state: delivered,
+   retried later on the schedule (or after `Retry-After`), dead after the schedule, or the endpoint
+   disabled on `410 Gone`. A result is stored only while the lease is still ours.
+
+The loop wakes on the new-events signal (in-process, or PostgreSQL NOTIFY via the listener), and
+polls as a fallback, so new events go out within milliseconds and due retries within a poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from app import observability
+from app.config import Environment, Settings
+from app.db import Database, utcnow
+from app.events import delivery_repository as repo
+from app.events.models import (
+    Channel,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStatus,
+    OutboxEvent,
+    WebhookEndpoint,
+)
+from app.events.outbox import envelope
+from app.events.redis_channel import RedisPublisher
+from app.events.signal import EventSignal, new_events
+from app.events.webhooks.sender import AttemptResult, WebhookSender
+
+log = structlog.get_logger(__name__)
+
+STATIC_ENDPOINT_ID = "static"
+MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
+HOUSEKEEPING_SECONDS = 600.0
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def matches(event_types: Sequence[str], event_type: str) -> bool:
+    return "*" in event_types or event_type in event_types
+
+
+def retry_delay(
+    schedule: Sequence[float], failures: int, retry_after: float | None
+) -> float | None:
+    """Seconds until the next attempt after `failures` failed ones; None once the schedule ends."""
+    if failures > len(schedule):
+        return None
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), MAX_RETRY_AFTER_SECONDS)
+    base = schedule[failures - 1]
+    # Up to 10% either way, so receivers that come back are not hit by every retry at once.
+    return base * random.uniform(0.9, 1.1)
+
+
+@dataclass(slots=True)
+class _Work:
+    delivery: Delivery
+    event: OutboxEvent | None
+    endpoint: WebhookEndpoint | None
+
+
+class Dispatcher:
+    """Fans out, claims, delivers and records, until stopped."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        database: Database,
+        sender: WebhookSender,
+        redis: RedisPublisher | None,
+        signal: EventSignal = new_events,
+        worker: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.sender = sender
+        self.redis = redis
+        self.signal = signal
+        self.worker = worker or worker_name()
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.dispatcher_concurrency)
+        self._next_housekeeping = 0.0
+
+    # The loop ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Work until `stop()`; errors are logged and retried after a pause, never fatal."""
+        log.info("dispatcher_started", worker=self.worker)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                busy = await self.run_once()
+                await self._housekeeping()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("dispatcher_error", worker=self.worker, failures=failures)
+                busy = False
+                await self._sleep(min(2.0**failures, 30.0))
+                continue
+            if not busy:
+                await self.signal.wait(self.settings.dispatcher_poll_seconds)
+        log.info("dispatcher_stopped", worker=self.worker)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self.signal.notify()
+
+    async def run_once(self) -> bool:
+        """One round of fan-out and delivery; True when there was work (look again at once)."""
+        fanned = await self.fan_out()
+        delivered = await self.deliver_due()
+        return fanned > 0 or delivered > 0
+
+    async def _sleep(self, seconds: float) -> None:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # Fan-out -------------------------------------------------------------------------------------
+
+    async def fan_out(self) -> int:
+        """Turn new outbox events into deliveries; returns how many events were fanned out."""
+        async with self.database.transaction() as session:
+            cursor = await repo.lock_cursor(session)
+            if cursor is None:  # another worker is fanning out right now
+                return 0
+            events = await repo.events_after(
+                session, cursor.position, self.settings.dispatcher_batch_size
+            )
+            if not events:
+                return 0
+            endpoints = await repo.endpoints(session)
+            deliveries: list[Delivery] = []
+            for event in events:
+                deliveries += self._recipients(event, endpoints)
+            session.add_all(deliveries)
+            cursor.position = events[-1].sequence or cursor.position
+            cursor.updated_at = utcnow()
+            session.add(cursor)
+        log.debug("events_fanned_out", events=len(events), deliveries=len(deliveries))
+        return len(events)
+
+    def _recipients(
+        self, event: OutboxEvent, endpoints: Sequence[WebhookEndpoint]
+    ) -> list[Delivery]:
+        if event.audience is not None:  # a ping for one endpoint, active or not
+            return [
+                repo.new_delivery(event, Channel.WEBHOOK, endpoint.id)
+                for endpoint in endpoints
+                if endpoint.id == event.audience
+            ]
+        deliveries = [
+            repo.new_delivery(event, Channel.WEBHOOK, endpoint.id)
+            for endpoint in endpoints
+            if endpoint.active and matches(endpoint.event_types, event.event_type)
+        ]
+        if self.redis is not None:
+            deliveries.append(repo.new_delivery(event, Channel.REDIS, None))
+        return deliveries
+
+    # Delivery ------------------------------------------------------------------------------------
+
+    async def deliver_due(self) -> int:
+        """Claim due deliveries, make them concurrently, record the results."""
+        now = utcnow()
+        lease_until = now + dt.timedelta(seconds=self.settings.dispatcher_lease_seconds)
+        async with self.database.transaction() as session:
+            claimed = await repo.claim_due(
+                session,
+                worker=self.worker,
+                now=now,
+                lease_until=lease_until,
+                limit=self.settings.dispatcher_batch_size,
+            )
+            if not claimed:
+                return 0
+            events = await repo.events_by_id(session, (d.event_id for d in claimed))
+            endpoints = await repo.endpoints_by_id(session, (d.endpoint_id for d in claimed))
+        work = [
+            _Work(d, events.get(d.event_id), endpoints.get(d.endpoint_id or "")) for d in claimed
+        ]
+        results = await asyncio.gather(*(self._attempt(item) for item in work))
+        await self._record(work, results)
+        return len(claimed)
+
+    async def _attempt(self, item: _Work) -> tuple[dt.datetime, AttemptResult]:
+        started_at = utcnow()
+        async with self._slots:
+            result = await self._send(item)
+        observability.DELIVERY_SECONDS.labels(item.delivery.channel.value).observe(
+            result.duration_ms / 1000
+        )
+        return started_at, result
+
+    async def _send(self, item: _Work) -> AttemptResult:
+        if item.event is None:
+            return _failure("the event is no longer in the outbox")
+        body = envelope(item.event)
+        if item.delivery.channel is Channel.REDIS:
+            if self.redis is None:
+                return _failure("Redis is not configured")
+            return await self.redis.publish(body)
+        endpoint = item.endpoint
+        if endpoint is None:
+            return _failure("the webhook endpoint was deleted")
+        if not endpoint.active and item.event.audience is None:
+            return _failure("the webhook endpoint is inactive")
+        return await self.sender.send(url=endpoint.url, secret=endpoint.secret, envelope=body)
+
+    async def _record(
+        self, work: Sequence[_Work], results: Sequence[tuple[dt.datetime, AttemptResult]]
+    ) -> None:
+        now = utcnow()
+        schedule = self.settings.webhook_retry_schedule
+        async with self.database.transaction() as session:
+            for item, (started_at, result) in zip(work, results, strict=True):
+                delivery = item.delivery
+                attempts = delivery.attempts + 1
+                values: dict[str, Any] = {
+                    "attempts": attempts,
+                    "last_attempt_at": started_at,
+                    "last_status_code": result.status_code,
+                    "last_error": result.error,
+                    "updated_at": now,
+                }
+                if result.ok:
+                    outcome = "delivered"
+                    values |= {
+                        "status": DeliveryStatus.DELIVERED,
+                        "delivered_at": now,
+                        "next_attempt_at": None,
+                    }
+                elif result.gone and item.endpoint is not None:
+                    outcome = "disabled"
+                    values |= {"status": DeliveryStatus.DEAD, "next_attempt_at": None}
+                    await repo.disable_endpoint(
+                        session,
+                        item.endpoint.id,
+                        reason=f"the receiver answered 410 Gone at {now.isoformat()}",
+                        now=now,
+                    )
+                else:
+                    delay = retry_delay(schedule, attempts, result.retry_after)
+                    if delay is None or item.event is None:
+                        outcome = "dead"
+                        values |= {"status": DeliveryStatus.DEAD, "next_attempt_at": None}
+                    else:
+                        outcome = "retry"
+                        values["next_attempt_at"] = now + dt.timedelta(seconds=delay)
+                attempt = DeliveryAttempt(
+                    delivery_id=delivery.id,
+                    attempt=attempts,
+                    worker=self.worker,
+                    started_at=started_at,
+                    duration_ms=round(result.duration_ms, 3),
+                    status_code=result.status_code,
+                    error=result.error,
+                    response_excerpt=result.response_excerpt,
+                    outcome=outcome,
+                )
+                stored = await repo.record_result(
+                    session, delivery=delivery, worker=self.worker, attempt=attempt, values=values
+                )
+                if not stored:
+                    log.warning("delivery_lease_lost", delivery_id=delivery.id, worker=self.worker)
+                    continue
+                observability.DELIVERIES.labels(delivery.channel.value, outcome).inc()
+                if outcome != "delivered":
+                    log.info(
+                        "delivery_attempt_failed",
+                        delivery_id=delivery.id,
+                        event_id=delivery.event_id,
+                        channel=delivery.channel.value,
+                        endpoint_id=delivery.endpoint_id,
+                        attempt=attempts,
+                        outcome=outcome,
+                        status_code=result.status_code,
+                        error=result.error,
+                    )
+
+    # Housekeeping --------------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Now and then: log and export the backlog, and apply the retention settings."""
+        if time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+        await self.housekeeping()
+
+    async def housekeeping(self) -> dict[str, int]:
+        now = utcnow()
+        async with self.database.transaction() as session:
+            deleted = await repo.delete_expired(
+                session,
+                deliveries_before=now - dt.timedelta(days=self.settings.delivery_retention_days),
+                events_before=now - dt.timedelta(days=self.settings.event_retention_days),
+            )
+            counts = await repo.counts(session)
+        observability.DELIVERY_BACKLOG.set(counts.get(DeliveryStatus.PENDING.value, 0))
+        observability.DEAD_DELIVERIES.set(counts.get(DeliveryStatus.DEAD.value, 0))
+        observability.OUTBOX_LAG.set(counts.get("unfanned", 0))
+        figures = {
+            **counts,
+            "deleted_deliveries": deleted[0],
+            "deleted_events": deleted[1],
+        }
+        log.info("event_delivery_status", **figures)
+        return figures
+
+
+def _failure(error: str) -> AttemptResult:
+    return AttemptResult(
+        ok=False,
+        status_code=None,
+        error=error,
+        duration_ms=0.0,
+        response_excerpt=None,
+        retry_after=None,
+        gone=False,
+        blocked=False,
+    )
+
+
+async def sync_static_endpoint(database: Database, settings: Settings) -> None:
+    """Keep the endpoint of HOKUSAI_WEBHOOK_URL / HOKUSAI_WEBHOOK_SECRET in step with settings."""
+    async with database.transaction() as session:
+        endpoint = await session.get(WebhookEndpoint, STATIC_ENDPOINT_ID)
+        if settings.webhook_url is None or settings.webhook_secret is None:
+            if endpoint is not None and endpoint.active:
+                endpoint.active = False
+                endpoint.disabled_reason = "HOKUSAI_WEBHOOK_URL is no longer set"
+                endpoint.updated_at = utcnow()
+                session.add(endpoint)
+            return
+        if endpoint is None:
+            endpoint = WebhookEndpoint(id=STATIC_ENDPOINT_ID, url=settings.webhook_url, secret="")
+        endpoint.url = settings.webhook_url
+        endpoint.secret = settings.webhook_secret.get_secret_value()
+        endpoint.event_types = ["*"]
+        endpoint.active = True
+        endpoint.disabled_reason = None
+        endpoint.is_static = True
+        endpoint.description = "configured by HOKUSAI_WEBHOOK_URL"
+        endpoint.updated_at = utcnow()
+        session.add(endpoint)
+
+
+@asynccontextmanager
+async def dispatching(
+    settings: Settings, database: Database, *, worker: str | None = None
+) -> AsyncIterator[Dispatcher]:
+    """Run a dispatcher in the background for the duration of the block."""
+    sender = WebhookSender(
+        allow_private=settings.allow_private_webhook_targets,
+        require_https=settings.env is Environment.PRODUCTION,
+        timeout=settings.webhook_timeout_seconds,
+    )
+    redis = (
+        RedisPublisher(settings.redis_url, stream_maxlen=settings.redis_stream_maxlen)
+        if settings.redis_url
+        else None
+    )
+    dispatcher = Dispatcher(
+        settings=settings, database=database, sender=sender, redis=redis, worker=worker
+    )
+    await sync_static_endpoint(database, settings)
+    task = asyncio.create_task(dispatcher.run(), name="hokusai-dispatcher")
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.stop()
+        try:
+            await asyncio.wait_for(task, STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("dispatcher_stop_timed_out", worker=dispatcher.worker)
+        await sender.aclose()
+        if redis is not None:
+            await redis.aclose()

@@ -1,0 +1,1 @@
+"""Webhooks: the endpoints API and the signed, SSRF-safe HTTP sender the dispatcher uses."""

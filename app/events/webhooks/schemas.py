@@ -1,0 +1,260 @@
+"""Request and response bodies of the webhooks API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import secrets
+from typing import Annotated, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from app.events.models import Delivery, DeliveryAttempt, DeliveryStatus, WebhookEndpoint
+from app.events.outbox import EventType
+
+MAX_URL_LENGTH = 2048
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32
+MIN_SECRET_BYTES = 24
+MAX_SECRET_BYTES = 64
+ALL_EVENTS = "*"
+KNOWN_EVENT_TYPES = tuple(
+    value for name, value in vars(EventType).items() if name.isupper() and isinstance(value, str)
+)
+
+
+def generate_secret() -> str:
+    """A new `whsec_<base64>` signing secret of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def check_secret(secret: str) -> str:
+    """`secret` if it is `whsec_` and standard base64 of 24-64 bytes; ValueError otherwise."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError("secret must look like whsec_<base64>")
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError("secret must be whsec_ followed by standard base64") from e
+    if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
+        raise ValueError(
+            f"secret must encode {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, not {len(key)}"
+        )
+    return secret
+
+
+def check_url(url: str) -> str:
+    """A well-formed http(s) URL with a host and no credentials; ValueError otherwise."""
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"url must be at most {MAX_URL_LENGTH} characters")
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        raise ValueError("url must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port that is not a number in range
+    except ValueError as e:
+        raise ValueError(f"url is malformed: {e}") from e
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("url must be http:// or https://")
+    if "@" in parts.netloc:
+        raise ValueError("url must not carry credentials (user:password@)")
+    if not parts.hostname:
+        raise ValueError("url must name a host")
+    return url
+
+
+def check_event_types(event_types: list[str]) -> list[str]:
+    """Known event types or `*`, without duplicates; `*` alone stands for all of them."""
+    unknown = [name for name in event_types if name not in (*KNOWN_EVENT_TYPES, ALL_EVENTS)]
+    if unknown:
+        raise ValueError(
+            f"unknown event type {unknown[0]!r}; use '*' or any of {', '.join(KNOWN_EVENT_TYPES)}"
+        )
+    if ALL_EVENTS in event_types:
+        return [ALL_EVENTS]
+    return list(dict.fromkeys(event_types))
+
+
+WebhookUrl = Annotated[
+    str,
+    Field(max_length=MAX_URL_LENGTH, description="http(s) URL to POST events to"),
+    AfterValidator(check_url),
+]
+EventTypes = Annotated[
+    list[str],
+    Field(min_length=1, max_length=32, description='event types to send, or `["*"]` for all'),
+    AfterValidator(check_event_types),
+]
+
+
+class WebhookCreate(BaseModel):
+    """A new webhook endpoint; the secret is generated when not given."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://site.example/hooks/hokusai",
+                    "event_types": ["model_registered", "token_ready_for_deploy"],
+                    "description": "the site's deploy trigger",
+                }
+            ]
+        },
+    )
+
+    url: WebhookUrl
+    event_types: EventTypes = Field(default_factory=lambda: [ALL_EVENTS])
+    description: str | None = Field(default=None, max_length=500)
+    active: bool = True
+    secret: SecretStr | None = Field(
+        default=None,
+        description="`whsec_<base64>` of 24-64 bytes; generated when absent. Shown only in the "
+        "answer to this request.",
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_secret(value.get_secret_value())
+        return value
+
+
+class WebhookUpdate(BaseModel):
+    """Fields to change; absent ones stay as they are. Re-activating clears `disabled_reason`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"active": True}]})
+
+    url: WebhookUrl | None = None
+    event_types: EventTypes | None = None
+    description: str | None = Field(default=None, max_length=500)
+    active: bool | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> Self:
+        for name in ("url", "event_types", "active"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class WebhookPublic(BaseModel):
+    """A webhook endpoint as the API shows it (never with its secret)."""
+
+    id: str
+    url: str
+    event_types: list[str]
+    description: str | None
+    active: bool
+    disabled_reason: str | None = Field(
+        description="why the service switched the endpoint off (a 410 Gone), if it did"
+    )
+    is_static: bool = Field(description="configured by HOKUSAI_WEBHOOK_URL; read-only here")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, endpoint: WebhookEndpoint) -> Self:
+        return cls(
+            id=endpoint.id,
+            url=endpoint.url,
+            event_types=list(endpoint.event_types),
+            description=endpoint.description,
+            active=endpoint.active,
+            disabled_reason=endpoint.disabled_reason,
+            is_static=endpoint.is_static,
+            created_at=endpoint.created_at,
+            updated_at=endpoint.updated_at,
+        )
+
+
+class WebhookCreated(WebhookPublic):
+    """The new endpoint, with the signing secret: the only time the API shows it."""
+
+    secret: str
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookPublic]
+
+
+class DeliveryAttemptPublic(BaseModel):
+    """One try of a delivery."""
+
+    attempt: int
+    started_at: dt.datetime
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    outcome: str = Field(description="delivered, retry, dead or disabled")
+
+    @classmethod
+    def of(cls, row: DeliveryAttempt) -> Self:
+        return cls(
+            attempt=row.attempt,
+            started_at=row.started_at,
+            duration_ms=row.duration_ms,
+            status_code=row.status_code,
+            error=row.error,
+            response_excerpt=row.response_excerpt,
+            outcome=row.outcome,
+        )
+
+
+class DeliveryPublic(BaseModel):
+    """One event on its way to one endpoint, with every attempt so far."""
+
+    id: str
+    event_id: str
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: dt.datetime | None
+    delivered_at: dt.datetime | None
+    last_attempt_at: dt.datetime | None
+    created_at: dt.datetime
+    attempt_log: list[DeliveryAttemptPublic]
+
+    @classmethod
+    def of(cls, delivery: Delivery, attempts: list[DeliveryAttempt]) -> Self:
+        return cls(
+            id=delivery.id,
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            status=delivery.status,
+            attempts=delivery.attempts,
+            last_status_code=delivery.last_status_code,
+            last_error=delivery.last_error,
+            next_attempt_at=delivery.next_attempt_at,
+            delivered_at=delivery.delivered_at,
+            last_attempt_at=delivery.last_attempt_at,
+            created_at=delivery.created_at,
+            attempt_log=[DeliveryAttemptPublic.of(row) for row in attempts],
+        )
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryPublic]
+
+
+class WebhookTestQueued(BaseModel):
+    """The `ping` event written for the endpoint; the dispatcher sends it to that endpoint alone."""
+
+    event_id: str
+    webhook_id: str

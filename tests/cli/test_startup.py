@@ -1,0 +1,76 @@
+"""The CLI starts fast because it imports nothing of the server's stack (and httpx only when a
+command needs it)."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+
+from tests.cli.servers import HOKUSAI, cli_env
+from tests.mlflow_server import free_port
+
+SERVER_STACK = (
+    "app",
+    "mlflow",
+    "sqlalchemy",
+    "sqlmodel",
+    "fastapi",
+    "starlette",
+    "alembic",
+    "uvicorn",
+    "numpy",
+    "pandas",
+    "pydantic_settings",
+)
+
+
+def imported(*args: str) -> tuple[int, set[str]]:
+    """The exit code of `hokusai ARGS` and every module it imported."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", HOKUSAI, *args],
+        env=cli_env(f"http://127.0.0.1:{free_port()}", None),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    modules = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    return result.returncode, modules - {"package"}
+
+
+def roots(modules: set[str]) -> set[str]:
+    return {name.split(".", 1)[0] for name in modules}
+
+
+def test_help_imports_neither_the_server_stack_nor_httpx() -> None:
+    code, modules = imported("--help")
+    assert code == 0
+    assert "cli" in modules and "typer" in roots(modules)
+    assert roots(modules).isdisjoint({*SERVER_STACK, "httpx", "httpcore"})
+
+
+def test_a_command_imports_httpx_and_still_nothing_of_the_server() -> None:
+    code, modules = imported("--retries", "0", "token", "list")
+    assert code == 6  # nothing listens on that port
+    assert "httpx" in modules
+    assert "httpx._main" not in modules  # httpx's own command line (click, pygments) is skipped
+    assert roots(modules).isdisjoint(SERVER_STACK)
+
+
+def test_help_answers_in_well_under_half_a_second() -> None:
+    def seconds(*command: str) -> float:
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True, timeout=30)
+        return time.perf_counter() - started
+
+    bare = [seconds(sys.executable, "-c", "pass") for _ in range(5)]
+    helps = [seconds(HOKUSAI, "--help") for _ in range(5)]
+    # The fastest run: what the code costs, without the noise of a busy machine.
+    assert min(helps) < 0.5, f"hokusai --help {statistics.median(helps):.3f} s (median)"
+    assert min(helps) - min(bare) < 0.45
