@@ -795,19 +795,30 @@ def _command(func: Callable[P, None]) -> Callable[P, None]:
 
 app = typer.Typer(
     name="hokusai",
-    help="Register ML models for Hokusai tokens, follow their events, manage webhooks.\n\n"
-    "\b\nConfiguration: --api-url / HOKUSAI_API_URL (default http://127.0.0.1:8000), "
-    "--api-key / HOKUSAI_API_KEY;\nfor a service on this machine, the development key that "
-    "`make run` writes to\n$HOKUSAI_DATA_DIR/dev-api-key (else ./.hokusai/dev-api-key) is "
-    "used when no key is given.\n\n"
-    "\b\nExamples:\n"
-    "  hokusai token create XRAY --metric auroc --baseline 0.82\n"
-    "  hokusai model register --token-id XRAY --model-path model.pkl --metric auroc "
-    "--baseline 0.82 --metric-value 0.86\n"
-    "  hokusai model status --token-id XRAY\n"
-    "  hokusai events watch --token-id XRAY\n\n"
-    "Exit codes: 0 ok, 1 unexpected, 2 usage, 3 auth, 4 not found or conflict, 5 refused input, "
-    "6 server or network, 7 watch timed out, 130 interrupted. Reference: docs/cli.md.",
+    help=(
+        "Register ML models for Hokusai tokens, follow their events, manage webhooks.\n\n"
+        "\b\n"
+        "Configuration (options of hokusai itself, before the command):\n"
+        "  --api-url, HOKUSAI_API_URL   the service (default http://127.0.0.1:8000)\n"
+        "  --api-key, HOKUSAI_API_KEY   the API key; when none is given and the service runs\n"
+        "                               on this machine, the key `make run` writes to\n"
+        "                               $HOKUSAI_DATA_DIR/dev-api-key, else\n"
+        "                               ./.hokusai/dev-api-key\n"
+        "\n"
+        "\b\n"
+        "Examples:\n"
+        "  hokusai token create XRAY --metric auroc --baseline 0.82\n"
+        "  hokusai model register --token-id XRAY --model-path model.pkl \\\n"
+        "      --metric auroc --baseline 0.82 --metric-value 0.86\n"
+        "  hokusai model status --token-id XRAY\n"
+        "  hokusai events watch --token-id XRAY\n"
+        "  hokusai --api-url https://registry.example.com model list --status registered\n"
+        "\n"
+        "\b\n"
+        "Exit codes: 0 ok, 1 unexpected answer, 2 usage, 3 auth, 4 not found or conflict,\n"
+        "5 refused input, 6 server or network, 7 watch timed out, 130 interrupted.\n"
+        "Reference: docs/cli.md"
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

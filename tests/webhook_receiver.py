@@ -101,6 +101,7 @@ class ReceivedRequest:
     standard_signature_ok: bool | None
     legacy_signature_ok: bool | None
     verify_error: str | None
+    received_wall: float = 0.0  # time.time(), to compare with timestamps taken elsewhere
 
     @property
     def signature_ok(self) -> bool:
@@ -263,6 +264,7 @@ class WebhookReceiver:
             self._open.discard(sock)
 
     def _record(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        wall = time.time()
         standard, legacy, error = self._verify(headers, body)
         provisional = ReceivedRequest(
             method, path, headers, body, time.monotonic(), self.default, standard, legacy, error
@@ -273,7 +275,16 @@ class WebhookReceiver:
             reply = self.responder(provisional)
         reply = reply or self.default
         request = ReceivedRequest(
-            method, path, headers, body, provisional.received_at, reply, standard, legacy, error
+            method,
+            path,
+            headers,
+            body,
+            provisional.received_at,
+            reply,
+            standard,
+            legacy,
+            error,
+            wall,
         )
         with self._lock:
             self._requests.append(request)

@@ -93,6 +93,27 @@ async def claim_due(
     return list(result.scalars().all())
 
 
+async def next_due(session: AsyncSession) -> dt.datetime | None:
+    """When the earliest pending delivery can next be claimed (due, and not leased)."""
+    claimable_at = sa.case(
+        (
+            col(Delivery.lease_expires_at) > col(Delivery.next_attempt_at),
+            col(Delivery.lease_expires_at),
+        ),
+        else_=col(Delivery.next_attempt_at),
+    )
+    statement = sa.select(sa.func.min(claimable_at)).where(
+        col(Delivery.status) == DeliveryStatus.PENDING
+    )
+    value = (await session.execute(statement)).scalar_one_or_none()
+    if value is None:
+        return None
+    # An aggregate comes back without the column type's conversion on SQLite.
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 async def events_by_id(session: AsyncSession, event_ids: Iterable[str]) -> dict[str, OutboxEvent]:
     ids = list(set(event_ids))
     if not ids:

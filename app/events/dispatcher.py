@@ -53,6 +53,8 @@ STATIC_ENDPOINT_ID = "static"
 MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 HOUSEKEEPING_SECONDS = 600.0
 STOP_TIMEOUT_SECONDS = 30.0
+# Never spin: a claim that finds nothing waits at least this long.
+MIN_IDLE_SECONDS = 0.01
 
 
 def worker_name() -> str:
@@ -124,8 +126,17 @@ class Dispatcher:
                 await self._sleep(min(2.0**failures, 30.0))
                 continue
             if not busy:
-                await self.signal.wait(self.settings.dispatcher_poll_seconds)
+                await self.signal.wait(await self._idle_seconds())
         log.info("dispatcher_stopped", worker=self.worker)
+
+    async def _idle_seconds(self) -> float:
+        """How long to sleep: until the next retry is due, at most one poll interval."""
+        poll = self.settings.dispatcher_poll_seconds
+        async with self.database.transaction() as session:
+            due = await repo.next_due(session)
+        if due is None:
+            return poll
+        return min(poll, max((due - utcnow()).total_seconds(), MIN_IDLE_SECONDS))
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import Result
+from typer.testing import CliRunner, Result
 
 import cli
 from tests.cli.conftest import invoke
@@ -107,14 +107,17 @@ class TestDevKey:
         assert live.key not in log
 
     def test_cli_finds_it_in_the_data_folder_or_in_dot_hokusai(
-        self, live: LiveService, tmp_path: Path
+        self, live: LiveService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         by_env = run_cli("token", "list", "--json", env=live.env)
         assert by_env.returncode == 0, by_env.stderr
         (tmp_path / ".hokusai").mkdir()
         (tmp_path / ".hokusai" / "dev-api-key").write_text(live.key + "\n")
-        here = run_cli("token", "list", "--json", env=cli_env(live.url, None), cwd=tmp_path)
-        assert here.returncode == 0, here.stderr
+        monkeypatch.chdir(tmp_path)
+        for name in ("HOKUSAI_DATA_DIR", "HOKUSAI_API_KEY"):
+            monkeypatch.delenv(name, raising=False)
+        here = CliRunner().invoke(cli.app, ["--api-url", live.url, "token", "list", "--json"])
+        assert here.exit_code == 0, here.output
         assert json.loads(here.stdout) == json.loads(by_env.stdout)
 
 
@@ -310,7 +313,7 @@ class TestProgress:
         self, live: LiveService, tmp_path: Path
     ) -> None:
         model = tmp_path / "big.pkl"
-        model.write_bytes(pickle_bytes(size=12 * MiB))
+        model.write_bytes(pickle_bytes(size=6 * MiB))
         create_token(live, "tty")
         create_token(live, "piped")
         env = {**live.env, "TERM": "xterm"}
@@ -318,7 +321,7 @@ class TestProgress:
         assert code == 0, screen
         assert "\x1b[" in screen  # drawn in place on the terminal
         assert "upload big.pkl" in screen
-        assert re.search(r"12\.6/12\.6 MB", screen)  # bytes sent of bytes to send
+        assert re.search(r"6\.3/6\.3 MB", screen)  # bytes sent of bytes to send
         assert re.search(r"\d+(\.\d+)? [kMG]?B/s", screen)  # speed
         assert "Registered a model for TTY" in screen
 
@@ -337,11 +340,11 @@ class TestInterruptedUpload:
         token_id = f"cut-{sig.name.lower()}"
         create_token(live, token_id, "--metric", "auroc", "--baseline", "0.82")
         model = tmp_path / "big.pkl"
-        model.write_bytes(pickle_bytes(size=24 * MiB))
+        model.write_bytes(pickle_bytes(size=16 * MiB))
         key = f"test-{token_id}"
         args = register_args(token_id, model, "--metric-value", "0.9", "--idempotency-key", key)
         port = int(live.url.rsplit(":", 1)[1])
-        with SlowProxy(port, rate=12 * MiB) as proxy:
+        with SlowProxy(port, rate=8 * MiB) as proxy:
             process = subprocess.Popen(
                 [HOKUSAI, *args, "--json"],
                 env=cli_env(proxy.url, live.data_dir),
@@ -349,7 +352,7 @@ class TestInterruptedUpload:
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            proxy.wait_forwarded(6 * MiB)
+            proxy.wait_forwarded(4 * MiB)
             process.send_signal(sig)
             out, err = process.communicate(timeout=30)
         assert proxy.forwarded < model.stat().st_size  # it really stopped half-way
@@ -491,19 +494,12 @@ class TestEvents:
     def test_watch_human_lines_and_timeout(self, live: LiveService, model_file: Path) -> None:
         create_token(live, "human")
         ok(hokusai(live, *register_args("human", model_file, "--metric-value", "0.9")))
-        watched = run_cli(
-            "events",
-            "watch",
-            "--token-id",
-            "human",
-            "--count",
-            "2",
-            "--timeout",
-            "10",
-            env=live.env,
+        watched = ok(
+            hokusai(
+                live, "events", "watch", "--token-id", "human", "--count", "2", "--timeout", "10"
+            )
         )
-        assert watched.returncode == 0, watched.stderr
-        first, second = watched.stdout.splitlines()
+        first, second = watched.splitlines()
         assert re.fullmatch(
             r" *\d+  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d  model_registered +HUMAN +"
             r"hokusai-HUMAN version 1: auroc 0\.9 \(baseline 0\.82\)",
@@ -512,10 +508,10 @@ class TestEvents:
         assert "token_ready_for_deploy" in second and "ready to deploy" in second
 
         create_token(live, "quiet")
-        timed_out = run_cli(
-            "events", "watch", "--token-id", "quiet", "--count", "1", "--timeout", "1", env=live.env
+        timed_out = hokusai(
+            live, "events", "watch", "--token-id", "quiet", "--count", "1", "--timeout", "1"
         )
-        assert timed_out.returncode == 7
+        assert timed_out.exit_code == 7
         assert errors(timed_out.stderr) == ["error: 0 of 1 events arrived within 1 s"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -201,7 +202,8 @@ class WebhookSender:
         try:
             raw = await self._read_some(response, max(deadline - loop.time(), BODY_GRACE_SECONDS))
         finally:
-            await response.aclose()
+            with contextlib.suppress(httpx.HTTPError, OSError):
+                await response.aclose()
         return self._outcome(started, response, raw)
 
     async def aclose(self) -> None:
