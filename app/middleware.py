@@ -43,6 +43,9 @@ class RequestContextMiddleware:
                 headers["X-Request-ID"] = request_id
             await send(message)
 
+        # The context is not cleared on the way out: an unhandled error is rendered by Starlette's
+        # outermost middleware after this one returns, and its 500 must carry the request id too.
+        # Each request runs in its own task, so its context never leaks into another request.
         try:
             await self.app(scope, receive, send_with_id)
         finally:
@@ -52,7 +55,6 @@ class RequestContextMiddleware:
                     status=status_code,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
-            structlog.contextvars.clear_contextvars()
 
 
 def _request_id(scope: Scope) -> str:

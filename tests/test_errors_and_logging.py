@@ -211,11 +211,6 @@ class TestUnexpectedError:
         assert "Traceback" not in response.text
         assert "RuntimeError" not in response.text
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="app bug: RequestContextMiddleware clears the request context before Starlette's "
-        "ServerErrorMiddleware renders the 500, so it has no X-Request-ID and request_id is null",
-    )
     async def test_500_keeps_the_request_id(
         self, api: Api, lenient_client: httpx.AsyncClient, broken_get_token: None
     ) -> None:
@@ -347,11 +342,6 @@ class TestRegistrationLogging:
         assert "secret internals" in errors[0]["exception"]
         assert secret_part(api.admin_key) not in captured.out + captured.err
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="app bug: the request context is cleared before the 500 handler logs, so "
-        "`unhandled_error` has no request_id",
-    )
     async def test_unhandled_error_log_carries_the_request_id(
         self,
         api: Api,
@@ -371,11 +361,6 @@ class TestRegistrationLogging:
 
 
 class TestConsoleLogging:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="app bug: the development console renderer prints rich tracebacks with the "
-        "locals of every frame; on a 500 those hold the ASGI scope and its Authorization header",
-    )
     def test_traceback_does_not_show_local_secrets(self, capfd: pytest.CaptureFixture[str]) -> None:
         key = "hok_0123456789ab_" + "S3cr3tPartOfTheKeyThatMustNotBeLogged0"
 

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 
 from tests.factories import pickle_bytes
 from tests.mlflow_server import MlflowServer, free_port
+from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +36,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(secret=WEBHOOK_SECRET) as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory, mlflow_server: str
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, receiver: WebhookReceiver
 ) -> Iterator[tuple[str, str]]:
     """The service as its own process; yields its base URL and an admin API key."""
     data_dir = tmp_path_factory.mktemp("service")
@@ -47,6 +57,9 @@ def service(
         "HOKUSAI_DATA_DIR": str(data_dir),
         "HOKUSAI_MLFLOW_TRACKING_URI": mlflow_server,
         "HOKUSAI_LOG_JSON": "true",
+        # The site's webhook, configured statically; the API process delivers to it.
+        "HOKUSAI_WEBHOOK_URL": receiver.url,
+        "HOKUSAI_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
     env.pop("HOKUSAI_DATABASE_URL", None)
     subprocess.run([BIN / "hokusai-registry", "migrate"], env=env, check=True, timeout=120)
@@ -93,7 +106,7 @@ def service(
 
 
 def test_registers_1_mib_model_and_mlflow_server_agrees(
-    service: tuple[str, str], mlflow_server: str
+    service: tuple[str, str], mlflow_server: str, receiver: WebhookReceiver
 ) -> None:
     url, key = service
     headers = {"Authorization": f"Bearer {key}"}
@@ -154,3 +167,32 @@ def test_rejected_registration_leaves_no_version(
         assert client.get("/tokens/E2E-LOW").json()["status"] == "draft"
     mlflow = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert mlflow.search_model_versions("name='hokusai-E2E-LOW'") == []
+
+
+def test_registration_events_reach_the_site_webhook(
+    service: tuple[str, str], receiver: WebhookReceiver
+) -> None:
+    url, key = service
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        assert client.post("/tokens", json={"token_id": "e2e-hook"}).status_code == 201
+        response = client.post(
+            "/models/E2E-HOOK/register",
+            data={"metric": "mse", "baseline": "2.0", "metric_value": "1.5"},
+            files={"model_file": ("model.pkl", pickle_bytes(), "application/octet-stream")},
+        )
+        assert response.status_code == 201, response.text
+        event_ids = set(response.json()["event_ids"])
+    deadline = time.monotonic() + 20
+    while not event_ids <= {r.headers.get("webhook-id") for r in receiver.requests}:
+        assert time.monotonic() < deadline, "the events did not reach the webhook"
+        time.sleep(0.05)
+    ours = [r for r in receiver.requests if r.headers.get("webhook-id") in event_ids]
+    assert all(r.signature_ok for r in ours)
+    by_type = {r.json()["event_type"]: r.json() for r in ours}
+    assert set(by_type) == {"model_registered", "token_ready_for_deploy"}
+    registered = by_type["model_registered"]["payload"]
+    assert registered["token_id"] == "E2E-HOOK"
+    assert registered["metric_name"] == "mse"
+    assert registered["baseline_value"] == 2.0
+    assert registered["model_version"] == response.json()["model_version"]
