@@ -113,6 +113,19 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def _is_unique_violation(exc: BaseException) -> bool:
+    """A database unique-constraint failure anywhere in the exception's chain."""
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            return False
+        text = str(current)
+        if "UNIQUE constraint failed" in text or "duplicate key value" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _describe(exc: BaseException, limit: int = 300) -> str:
     # MLflow's messages embed request URLs; keep any user:password@ out of the logs.
     text = _URL_CREDENTIALS.sub("//***@", f"{type(exc).__name__}: {exc}")
@@ -443,12 +456,18 @@ class MlflowRegistry:
         # If anything below fails the version stays behind; fail_registration finds it by run.
         self._await_ready(version)
         number = str(version.version)
-        self._call(
-            "set_registered_model_alias",
-            lambda c: c.set_registered_model_alias(model_name, REGISTERED_ALIAS, number),
-            model_name=model_name,
-            version=number,
-        )
+
+        def set_alias(client: MlflowClient) -> None:
+            try:
+                client.set_registered_model_alias(model_name, REGISTERED_ALIAS, number)
+            except MlflowException as e:
+                if not _is_unique_violation(e):
+                    raise
+                # Two versions of one model were aliased at once and the store's insert-or-update
+                # raced; the alias row exists now, so setting it again updates it.
+                client.set_registered_model_alias(model_name, REGISTERED_ALIAS, number)
+
+        self._call("set_registered_model_alias", set_alias, model_name=model_name, version=number)
         return ModelVersionRef(model_name, number, f"models:/{model_name}/{number}")
 
     def finish_run(self, run_id: str) -> None:
