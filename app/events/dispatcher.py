@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import observability
 from app.config import Environment, Settings
@@ -105,29 +106,81 @@ class Dispatcher:
         self.signal = signal
         self.worker = worker or worker_name()
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.dispatcher_concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._finished: list[tuple[_Work, dt.datetime, AttemptResult]] = []
         self._next_housekeeping = 0.0
 
     # The loop ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Work until `stop()`; errors are logged and retried after a pause, never fatal."""
+        """Work until `stop()`; errors are logged and retried after a pause, never fatal.
+
+        Deliveries run as independent tasks, up to `dispatcher_concurrency` at once, and the loop
+        claims more as soon as slots free up: one slow receiver holds one slot, not a batch.
+        """
         log.info("dispatcher_started", worker=self.worker)
+        self.signal.add_listener(self._wake)
         failures = 0
-        while not self._stopping.is_set():
-            try:
-                busy = await self.run_once()
-                await self._housekeeping()
-                failures = 0
-            except Exception:
-                failures += 1
-                log.exception("dispatcher_error", worker=self.worker, failures=failures)
-                busy = False
-                await self._sleep(min(2.0**failures, 30.0))
-                continue
-            if not busy:
-                await self.signal.wait(await self._idle_seconds())
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                try:
+                    busy = await self._round()
+                    await self._housekeeping()
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    log.exception("dispatcher_error", worker=self.worker, failures=failures)
+                    await self._sleep(min(2.0**failures, 30.0))
+                    continue
+                if not busy:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), await self._idle_seconds())
+        finally:
+            self.signal.remove_listener(self._wake)
+            await self._drain()
         log.info("dispatcher_stopped", worker=self.worker)
+
+    async def _round(self) -> bool:
+        """Record finished deliveries, then fan out and start what is due; True if more may be."""
+        await self._flush()
+        free = self.settings.dispatcher_concurrency - len(self._in_flight)
+        if free <= 0:
+            return False
+        limit = min(self.settings.dispatcher_batch_size, free)
+        fanned, work = await self._fan_out_and_claim(limit)
+        for item in work:
+            task = asyncio.create_task(self._deliver(item))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        return fanned > 0 or len(work) == limit
+
+    async def _deliver(self, item: _Work) -> None:
+        started_at, result = await self._attempt(item)
+        self._finished.append((item, started_at, result))
+        self._wake.set()
+
+    async def _flush(self) -> None:
+        """Store the results of finished deliveries, all in one transaction."""
+        if not self._finished:
+            return
+        finished, self._finished = self._finished, []
+        await self._record(
+            [item for item, _, _ in finished],
+            [(started_at, result) for _, started_at, result in finished],
+        )
+
+    async def _drain(self) -> None:
+        """On stop: let deliveries in flight finish (bounded) and keep their results."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=STOP_TIMEOUT_SECONDS)
+        try:
+            await self._flush()
+        except Exception:
+            # Unrecorded attempts are made again once their lease runs out: at-least-once.
+            log.exception("dispatcher_results_not_recorded", worker=self.worker)
 
     async def _idle_seconds(self) -> float:
         """How long to sleep: until the next retry is due, at most one poll interval."""
@@ -140,41 +193,79 @@ class Dispatcher:
 
     async def stop(self) -> None:
         self._stopping.set()
-        self.signal.notify()
+        self._wake.set()
 
     async def run_once(self) -> bool:
-        """One round of fan-out and delivery; True when there was work (look again at once)."""
-        fanned = await self.fan_out()
-        delivered = await self.deliver_due()
-        return fanned > 0 or delivered > 0
+        """One synchronous round: fan out, deliver what is due, record; True if there was work."""
+        fanned, work = await self._fan_out_and_claim(self.settings.dispatcher_batch_size)
+        if work:
+            results = await asyncio.gather(*(self._attempt(item) for item in work))
+            await self._record(work, results)
+        return fanned > 0 or bool(work)
 
     async def _sleep(self, seconds: float) -> None:
         with suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    # Fan-out -------------------------------------------------------------------------------------
+    # Fan-out and claims --------------------------------------------------------------------------
 
     async def fan_out(self) -> int:
         """Turn new outbox events into deliveries; returns how many events were fanned out."""
         async with self.database.transaction() as session:
-            cursor = await repo.lock_cursor(session)
-            if cursor is None:  # another worker is fanning out right now
-                return 0
-            events = await repo.events_after(
-                session, cursor.position, self.settings.dispatcher_batch_size
-            )
-            if not events:
-                return 0
-            endpoints = await repo.endpoints(session)
-            deliveries: list[Delivery] = []
-            for event in events:
-                deliveries += self._recipients(event, endpoints)
-            session.add_all(deliveries)
-            cursor.position = events[-1].sequence or cursor.position
-            cursor.updated_at = utcnow()
-            session.add(cursor)
-        log.debug("events_fanned_out", events=len(events), deliveries=len(deliveries))
+            return await self._fan_out_in(session)
+
+    async def deliver_due(self) -> int:
+        """Claim due deliveries, make them concurrently, record the results."""
+        async with self.database.transaction() as session:
+            work = await self._claim_in(session, self.settings.dispatcher_batch_size)
+        if work:
+            results = await asyncio.gather(*(self._attempt(item) for item in work))
+            await self._record(work, results)
+        return len(work)
+
+    async def _fan_out_and_claim(self, limit: int) -> tuple[int, list[_Work]]:
+        """Both in one transaction: one round trip to the database's write lock, not two."""
+        async with self.database.transaction() as session:
+            fanned = await self._fan_out_in(session)
+            work = await self._claim_in(session, limit)
+        return fanned, work
+
+    async def _fan_out_in(self, session: AsyncSession) -> int:
+        cursor = await repo.lock_cursor(session)
+        if cursor is None:  # another worker is fanning out right now
+            return 0
+        events = await repo.events_after(
+            session, cursor.position, self.settings.dispatcher_batch_size
+        )
+        if not events:
+            return 0
+        endpoints = await repo.endpoints(session)
+        deliveries: list[Delivery] = []
+        for event in events:
+            deliveries += self._recipients(event, endpoints)
+        session.add_all(deliveries)
+        cursor.position = events[-1].sequence or cursor.position
+        cursor.updated_at = utcnow()
+        session.add(cursor)
+        await session.flush()
         return len(events)
+
+    async def _claim_in(self, session: AsyncSession, limit: int) -> list[_Work]:
+        now = utcnow()
+        claimed = await repo.claim_due(
+            session,
+            worker=self.worker,
+            now=now,
+            lease_until=now + dt.timedelta(seconds=self.settings.dispatcher_lease_seconds),
+            limit=limit,
+        )
+        if not claimed:
+            return []
+        events = await repo.events_by_id(session, (d.event_id for d in claimed))
+        endpoints = await repo.endpoints_by_id(session, (d.endpoint_id for d in claimed))
+        return [
+            _Work(d, events.get(d.event_id), endpoints.get(d.endpoint_id or "")) for d in claimed
+        ]
 
     def _recipients(
         self, event: OutboxEvent, endpoints: Sequence[WebhookEndpoint]
@@ -195,29 +286,6 @@ class Dispatcher:
         return deliveries
 
     # Delivery ------------------------------------------------------------------------------------
-
-    async def deliver_due(self) -> int:
-        """Claim due deliveries, make them concurrently, record the results."""
-        now = utcnow()
-        lease_until = now + dt.timedelta(seconds=self.settings.dispatcher_lease_seconds)
-        async with self.database.transaction() as session:
-            claimed = await repo.claim_due(
-                session,
-                worker=self.worker,
-                now=now,
-                lease_until=lease_until,
-                limit=self.settings.dispatcher_batch_size,
-            )
-            if not claimed:
-                return 0
-            events = await repo.events_by_id(session, (d.event_id for d in claimed))
-            endpoints = await repo.endpoints_by_id(session, (d.endpoint_id for d in claimed))
-        work = [
-            _Work(d, events.get(d.event_id), endpoints.get(d.endpoint_id or "")) for d in claimed
-        ]
-        results = await asyncio.gather(*(self._attempt(item) for item in work))
-        await self._record(work, results)
-        return len(claimed)
 
     async def _attempt(self, item: _Work) -> tuple[dt.datetime, AttemptResult]:
         started_at = utcnow()

@@ -9,17 +9,31 @@ re-check the database after waking, so a lost or spurious signal only costs late
 from __future__ import annotations
 
 import asyncio
+from contextlib import suppress
 
 
 class EventSignal:
     """A broadcast wake-up: every waiter at the time of `notify()` returns."""
 
     def __init__(self) -> None:
-        self._generation = 0
         self._waiters: set[asyncio.Future[None]] = set()
+        self._listeners: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
+
+    def add_listener(self, event: asyncio.Event) -> None:
+        """Set `event` on every notification until removed (a waiter that never misses one)."""
+        self._listeners[event] = asyncio.get_running_loop()
+
+    def remove_listener(self, event: asyncio.Event) -> None:
+        self._listeners.pop(event, None)
 
     def notify(self) -> None:
-        """Wake every current waiter. Safe from any thread."""
+        """Wake every current waiter and listener. Safe from any thread."""
+        for event, event_loop in list(self._listeners.items()):
+            if event_loop.is_closed():
+                self._listeners.pop(event, None)
+                continue
+            with suppress(RuntimeError):  # the listener's loop stopped meanwhile
+                event_loop.call_soon_threadsafe(event.set)
         for waiter in list(self._waiters):
             loop = waiter.get_loop()
             if loop.is_closed():
