@@ -202,10 +202,13 @@ def main() -> None:
     parser.add_argument("--refuse", type=int, default=3, help="refused attempts per event")
     parser.add_argument("--clients", type=int, default=4, help="concurrent registering clients")
     parser.add_argument("--postgres-url", default=None)
+    parser.add_argument("--scenario", choices=["both", "live", "backlog"], default="both")
     args = parser.parse_args()
     common = {"events": args.events, "clients": args.clients, "postgres_url": args.postgres_url}
-    scenario(refuse=0, backlog=False, **common)
-    scenario(refuse=args.refuse, backlog=True, **common)
+    if args.scenario in ("both", "live"):
+        scenario(refuse=0, backlog=False, **common)
+    if args.scenario in ("both", "backlog"):
+        scenario(refuse=args.refuse, backlog=True, **common)
 
 
 if __name__ == "__main__":

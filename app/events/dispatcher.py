@@ -146,8 +146,11 @@ class Dispatcher:
     async def _round(self) -> bool:
         """Record finished deliveries, then fan out and start what is due; True if more may be."""
         await self._flush()
-        free = self.settings.dispatcher_concurrency - len(self._in_flight)
-        if free <= 0:
+        concurrency = self.settings.dispatcher_concurrency
+        free = concurrency - len(self._in_flight)
+        # While deliveries are in flight, claim in groups (half the slots) rather than one by
+        # one as each finishes: fewer, larger transactions.
+        if free <= 0 or (self._in_flight and free < max(1, concurrency // 2)):
             return False
         limit = min(self.settings.dispatcher_batch_size, free)
         fanned, work = await self._fan_out_and_claim(limit)
