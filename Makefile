@@ -10,7 +10,7 @@ export HOKUSAI_DATA_DIR ?= $(CURDIR)/.hokusai
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format migrate api-key clean
+.PHONY: run test lint format migrate clean
 
 run: $(STAMP)
 	$(VENV)/bin/hokusai-registry serve --host $(HOST) --port $(PORT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -121,6 +123,8 @@ class Settings(BaseSettings):
             raise ValueError("HOKUSAI_WEBHOOK_SECRET is a placeholder; set a real secret")
         if self.webhook_url is not None and self.webhook_secret is None:
             raise ValueError("HOKUSAI_WEBHOOK_URL needs HOKUSAI_WEBHOOK_SECRET (whsec_...)")
+        if secret is not None and not _is_whsec(secret.get_secret_value()):
+            raise ValueError("HOKUSAI_WEBHOOK_SECRET must be whsec_ followed by base64")
         if any(delay < 0 for delay in self.webhook_retry_schedule):
             raise ValueError("HOKUSAI_WEBHOOK_RETRY_SCHEDULE must list non-negative seconds")
         return self
@@ -169,6 +173,16 @@ class Settings(BaseSettings):
         if self.log_json is not None:
             return self.log_json
         return self.env is not Environment.DEVELOPMENT
+
+
+def _is_whsec(value: str) -> bool:
+    """A Standard Webhooks secret: `whsec_` and the base64 of at least 16 bytes."""
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(value.removeprefix("whsec_"), validate=True)) >= 16
+    except (binascii.Error, ValueError):
+        return False
 
 
 @lru_cache

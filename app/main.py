@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 import structlog
 from fastapi import FastAPI
+from prometheus_client import make_asgi_app
 
 from app.clients.mlflow import MlflowRegistry
 from app.config import Settings, get_settings
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(system_router)
+    # Prometheus scrapes this; it holds counts and timings, no tokens, keys or payloads.
+    app.mount("/metrics", make_asgi_app())
     app.include_router(tokens_router)
     app.include_router(registration_router)
     app.include_router(feed_router)

@@ -18,7 +18,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,13 +239,13 @@ async def register(
                     services,
                     request,
                     workdir,
-                    before_model=lambda fields: _early_metric_check(token, fields),
+                    before_model=lambda fields: _early_metric_check(token, fields, attempt),
                 )
             attempt.fingerprint = _fingerprint(token_id, form)
             with attempt.step("check_metric"):
                 await _check_metric(services, token, form, attempt)
             with attempt.step("check_upload"):
-                archive = await _check_upload(services, form, attempt)
+                unpacked = await _check_upload(services, form, attempt, workdir)
             _parse_request_options(token, form, attempt)
             with attempt.step("claim_token"):
                 await _claim(services.database, attempt)
@@ -259,8 +259,7 @@ async def register(
                     services,
                     attempt,
                     form,
-                    archive,
-                    workdir,
+                    unpacked,
                     limiter=services.mlflow_limiter,
                 )
             with attempt.step("commit"):
@@ -354,15 +353,28 @@ def _require_registrable(token: Token) -> None:
         )
 
 
-def _resolve_fields(token: Token, fields: Mapping[str, str]) -> tuple[MetricSpec, float]:
-    """The metric and baseline of the request, checked against the token's benchmark."""
+def _resolve_fields(
+    token: Token, fields: Mapping[str, str], attempt: Attempt
+) -> tuple[MetricSpec, float]:
+    """The metric and baseline of the request, checked against the token's benchmark.
+
+    What parses is noted on the attempt as it goes, so a refusal's event says what was sent.
+    """
     raw_metric = fields.get("metric")
     if not raw_metric:
         raise ValidationFailed("the field 'metric' is required")
+    attempt.metric_name = raw_metric[:64]
     spec = resolve_metric(raw_metric)
+    attempt.metric_name = spec.name
+    if fields.get("metric_value"):
+        with suppress(AppError):
+            attempt.metric_value = parse_number(
+                fields["metric_value"], field="metric_value", error=InvalidMetricValue
+            )
     if "baseline" not in fields:
         raise InvalidBaseline("the field 'baseline' is required")
     baseline = parse_number(fields["baseline"], field="baseline", error=InvalidBaseline)
+    attempt.baseline = baseline
     if token.metric is not None and token.metric != spec.name:
         raise BenchmarkMismatch(
             f"token {token.token_id} is benchmarked on {token.metric}, not {spec.name}",
@@ -378,10 +390,10 @@ def _resolve_fields(token: Token, fields: Mapping[str, str]) -> tuple[MetricSpec
     return spec, validate_baseline(spec, baseline)
 
 
-def _early_metric_check(token: Token, fields: Mapping[str, str]) -> None:
+def _early_metric_check(token: Token, fields: Mapping[str, str], attempt: Attempt) -> None:
     """When the metric fields precede the model file, refuse bad ones before the upload."""
     if "metric" in fields and "baseline" in fields:
-        spec, _ = _resolve_fields(token, fields)
+        spec, _ = _resolve_fields(token, fields, attempt)
         if "metric_value" in fields:
             value = parse_number(
                 fields["metric_value"], field="metric_value", error=InvalidMetricValue
@@ -393,10 +405,7 @@ async def _check_metric(
     services: RegistrationServices, token: Token, form: RegistrationForm, attempt: Attempt
 ) -> None:
     fields = form.fields
-    if "metric" in fields:
-        attempt.metric_name = fields["metric"][:64]
-    spec, baseline = _resolve_fields(token, fields)
-    attempt.metric_name, attempt.baseline = spec.name, baseline
+    spec, baseline = _resolve_fields(token, fields, attempt)
     has_value = bool(fields.get("metric_value"))
     if has_value == (form.predictions is not None):
         raise ValidationFailed(
@@ -427,8 +436,10 @@ async def _check_metric(
 
 
 async def _check_upload(
-    services: RegistrationServices, form: RegistrationForm, attempt: Attempt
-) -> ArchiveInfo | None:
+    services: RegistrationServices, form: RegistrationForm, attempt: Attempt, workdir: Path
+) -> Path | None:
+    """Check the upload; an archive is also unpacked here, so every refusal comes before the
+    claim. Returns the unpacked model folder for an archive, None for a single file."""
     model = form.model
     attempt.filename, attempt.size_bytes, attempt.sha256 = model.filename, model.size, model.sha256
     fmt = format_for_filename(model.filename)
@@ -445,16 +456,30 @@ async def _check_upload(
     check_content(fmt, model.head, model.path, model.size)
     if fmt not in ARCHIVE_FORMATS:
         return None
-    info = await anyio.to_thread.run_sync(
-        lambda: inspect_archive(
+    settings = services.settings
+
+    def inspect_and_unpack() -> tuple[ArchiveInfo, Path]:
+        info = inspect_archive(
             fmt,
             model.path,
-            max_unpacked_bytes=services.settings.unpacked_limit,
-            max_files=services.settings.max_archive_files,
+            max_unpacked_bytes=settings.unpacked_limit,
+            max_files=settings.max_archive_files,
         )
-    )
+        unpacked = workdir / "unpacked"
+        unpacked.mkdir()
+        root = extract_archive(
+            fmt,
+            model.path,
+            unpacked,
+            info,
+            max_unpacked_bytes=settings.unpacked_limit,
+            max_files=settings.max_archive_files,
+        )
+        return info, root
+
+    info, root = await anyio.to_thread.run_sync(inspect_and_unpack)
     attempt.api_schema = info.api_schema
-    return info
+    return root
 
 
 def _parse_request_options(token: Token, form: RegistrationForm, attempt: Attempt) -> None:
@@ -532,8 +557,7 @@ def _log_to_mlflow(
     services: RegistrationServices,
     attempt: Attempt,
     form: RegistrationForm,
-    archive: ArchiveInfo | None,
-    workdir: Path,
+    unpacked: Path | None,
 ) -> None:
     """The MLflow side of a registration (runs in a worker thread)."""
     assert attempt.check is not None and attempt.model_name is not None
@@ -553,19 +577,8 @@ def _log_to_mlflow(
         },
     )
     mlflow.log_metric(attempt.run_id, check.name, check.value)
-    if archive is not None:
-        assert attempt.format is not None
-        unpacked = workdir / "unpacked"
-        unpacked.mkdir()
-        root = extract_archive(
-            attempt.format,
-            form.model.path,
-            unpacked,
-            archive,
-            max_unpacked_bytes=services.settings.unpacked_limit,
-            max_files=services.settings.max_archive_files,
-        )
-        mlflow.log_model_dir(attempt.run_id, root)
+    if unpacked is not None:
+        mlflow.log_model_dir(attempt.run_id, unpacked)
     else:
         mlflow.log_model_file(attempt.run_id, form.model.path)
     ref = mlflow.register_version(
@@ -654,6 +667,9 @@ async def _commit(database: Database, attempt: Attempt) -> RegistrationPublic:
 async def _record_rejection(database: Database, attempt: Attempt, error: AppError) -> None:
     """A refused attempt: its row, and `model_validation_failed` for a failed check."""
     problem = error.problem()
+    if error.status >= 500 or isinstance(error, RegistrationInProgress):
+        # Passing conditions: a retry with the same Idempotency-Key should try again.
+        attempt.idempotency_key = None
     events: list[NewEvent] = []
     if error.status in _VALIDATION_STATUSES:
         events.append(
@@ -691,6 +707,10 @@ async def _record_rejection(database: Database, attempt: Attempt, error: AppErro
 
 async def _fail(services: RegistrationServices, attempt: Attempt, error: BaseException) -> None:
     """After the claim: undo MLflow, mark the token failed, announce `registration_failed`."""
+    if await _committed_anyway(services.database, attempt):
+        # The commit went through but its acknowledgement was lost: nothing to undo.
+        log.warning("registration_commit_unacknowledged", mlflow_run_id=attempt.run_id)
+        return
     client_error = _client_error(error)
     problem = client_error.problem()
     if client_error.status >= 500:
@@ -753,6 +773,22 @@ async def _fail(services: RegistrationServices, attempt: Attempt, error: BaseExc
     except Exception:
         # The token stays `registering`; the recovery sweep settles it after the lease.
         log.exception("registration_failure_not_recorded")
+
+
+async def _committed_anyway(database: Database, attempt: Attempt) -> bool:
+    """Whether the token already records this attempt's run as registered."""
+    if attempt.run_id is None:
+        return False
+    try:
+        async with database.transaction() as session:
+            token = await tokens.get(session, attempt.token_id)
+    except AppError:
+        return False
+    return (
+        token is not None
+        and token.status in (TokenStatus.REGISTERED, TokenStatus.DEPLOYED)
+        and token.mlflow_run_id == attempt.run_id
+    )
 
 
 def _client_error(error: BaseException) -> AppError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import tarfile
 from typing import Any
 
@@ -314,6 +315,25 @@ class TestRejectedRegistration:
         )
         await self.assert_rejected(api, response, token_id, 422, "benchmark_mismatch")
 
+    async def test_early_refusal_event_carries_the_metric_fields(self, api: Api) -> None:
+        token_id = await self.draft(api, "EARLY", metric="auroc", baseline=0.82)
+        response = await register(
+            api.client, api.auth(), token_id=token_id, metric="Accuracy", baseline=0.7, metric_value=0.9
+        )
+        await self.assert_rejected(api, response, token_id, 422, "benchmark_mismatch")
+        async with api.database.transaction() as session:
+            payload = (
+                await session.execute(
+                    sa.text("SELECT payload FROM events WHERE token_id = :t"), {"t": token_id}
+                )
+            ).scalar_one()
+        if isinstance(payload, str):
+            payload = json.loads(payload)
+        assert payload["metric_name"] == "accuracy"
+        assert payload["baseline_value"] == 0.7
+        assert payload["metric_value"] == 0.9
+        assert payload["code"] == "benchmark_mismatch"
+
     async def test_benchmark_mismatch_on_lowered_baseline(self, api: Api) -> None:
         token_id = await self.draft(api, "LOWER", metric="auroc", baseline=0.82)
         response = await register(api.client, api.auth(), token_id=token_id, baseline=0.5)
@@ -459,6 +479,21 @@ class TestIdempotency:
         other = await register(api.client, headers, token_id=token_id, metric_value=0.9)
         assert other.status_code == 422
         assert other.json()["code"] == "idempotency_key_reused"
+
+    async def test_a_passing_conflict_is_not_replayed(self, api: Api) -> None:
+        token_id = f"IDEM4-{api.backend}".upper()
+        await create_token(api.client, api.auth(), token_id=token_id)
+        update = "UPDATE tokens SET status = :s WHERE token_id = :t"
+        async with api.database.transaction() as session:
+            await session.execute(sa.text(update), {"s": "registering", "t": token_id})
+        headers = api.auth() | {"Idempotency-Key": "retry-4"}
+        busy = await register(api.client, headers, token_id=token_id)
+        assert busy.status_code == 409
+        assert busy.json()["code"] == "registration_in_progress"
+        async with api.database.transaction() as session:
+            await session.execute(sa.text(update), {"s": "draft", "t": token_id})
+        retried = await register(api.client, headers, token_id=token_id)
+        assert retried.status_code == 201, retried.text
 
     async def test_replays_a_rejection(self, api: Api) -> None:
         token_id = f"IDEM3-{api.backend}".upper()
