@@ -318,7 +318,12 @@ class TestRejectedRegistration:
     async def test_early_refusal_event_carries_the_metric_fields(self, api: Api) -> None:
         token_id = await self.draft(api, "EARLY", metric="auroc", baseline=0.82)
         response = await register(
-            api.client, api.auth(), token_id=token_id, metric="Accuracy", baseline=0.7, metric_value=0.9
+            api.client,
+            api.auth(),
+            token_id=token_id,
+            metric="Accuracy",
+            baseline=0.7,
+            metric_value=0.9,
         )
         await self.assert_rejected(api, response, token_id, 422, "benchmark_mismatch")
         async with api.database.transaction() as session:
