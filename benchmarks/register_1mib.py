@@ -14,7 +14,6 @@ import os
 import pickle
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,15 +21,8 @@ from pathlib import Path
 
 import httpx
 
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.harness import migrate_and_create_key, serve, service_env, stop, wait_ready
 
 
 def main() -> None:
@@ -40,53 +32,12 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hokusai-bench-") as tmp:
-        env = {
-            **os.environ,
-            "HOKUSAI_DATA_DIR": tmp,
-            "HOKUSAI_ENV": "test",
-            "HOKUSAI_LOG_LEVEL": "WARNING",
-        }
-        for name in ("HOKUSAI_DATABASE_URL", "HOKUSAI_MLFLOW_TRACKING_URI"):
-            env.pop(name, None)
-        subprocess.run([BIN / "hokusai-registry", "migrate"], env=env, check=True)
-        key = (
-            subprocess.run(
-                [
-                    BIN / "hokusai-registry",
-                    "create-api-key",
-                    "--name",
-                    "bench",
-                    "--scopes",
-                    "admin",
-                ],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        port = free_port()
+        env = service_env(tmp)
+        key = migrate_and_create_key(env)
         started = time.perf_counter()
-        server = subprocess.Popen(
-            [BIN / "hokusai-registry", "serve", "--port", str(port), "--no-migrate"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
+        server, url = serve(env)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the service did not become ready")
-                time.sleep(0.05)
+            wait_ready(url, server)
             ready_after = time.perf_counter() - started
             model = pickle.dumps({"weights": os.urandom(1024 * 1024 - 64)}, protocol=5)
             digest = hashlib.sha256(model).hexdigest()
@@ -114,8 +65,7 @@ def main() -> None:
                     if i >= args.warmup:
                         timings.append(elapsed)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            stop(server)
 
     timings.sort()
     p90 = timings[int(0.9 * (len(timings) - 1))]

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import pickle
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,39 +29,15 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.harness import (
+    migrate_and_create_key,
+    serve,
+    service_env,
+    start,
+    stop,
+    wait_ready,
+)
 from tests.webhook_receiver import Reply, WebhookReceiver
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [str(BIN / command[0]), *command[1:]],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("the service did not become ready")
-        time.sleep(0.05)
 
 
 def scenario(
@@ -86,45 +60,19 @@ def scenario(
         tempfile.TemporaryDirectory(prefix="hokusai-bench-") as tmp,
         WebhookReceiver(responder=respond) as receiver,
     ):
-        env = {
-            **os.environ,
-            "HOKUSAI_DATA_DIR": tmp,
-            "HOKUSAI_ENV": "test",
-            "HOKUSAI_LOG_LEVEL": "WARNING",
-            "HOKUSAI_WEBHOOK_RETRY_SCHEDULE": ",".join(["0.05"] * max(refuse, 1)),
-            "HOKUSAI_RUN_DISPATCHER": "false" if backlog else "true",
-        }
-        env.pop("HOKUSAI_MLFLOW_TRACKING_URI", None)
-        env.pop("HOKUSAI_REDIS_URL", None)
+        env = service_env(
+            tmp,
+            HOKUSAI_WEBHOOK_RETRY_SCHEDULE=",".join(["0.05"] * max(refuse, 1)),
+            HOKUSAI_RUN_DISPATCHER="false" if backlog else "true",
+        )
         if postgres_url:
             env["HOKUSAI_DATABASE_URL"] = postgres_url
-        else:
-            env.pop("HOKUSAI_DATABASE_URL", None)
-        subprocess.run([BIN / "hokusai-registry", "migrate"], env=env, check=True)
-        key = (
-            subprocess.run(
-                [
-                    BIN / "hokusai-registry",
-                    "create-api-key",
-                    "--name",
-                    "bench",
-                    "--scopes",
-                    "admin",
-                ],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
+        key = migrate_and_create_key(env)
+        server, url = serve(env)
+        processes = [server]
         headers = {"Authorization": f"Bearer {key}"}
-        processes = [start(["hokusai-registry", "serve", "--port", str(port), "--no-migrate"], env)]
         try:
-            wait_ready(url)
+            wait_ready(url, server)
             created = httpx.post(
                 f"{url}/webhooks", json={"url": receiver.url}, headers=headers, timeout=10
             )
@@ -162,10 +110,7 @@ def scenario(
                 time.sleep(0.02)
             finished = time.perf_counter() - began
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(timeout=30)
+            stop(*processes)
 
     requests = receiver.requests
     delivered = [r for r in requests if r.reply.status == 200]

@@ -1,0 +1,79 @@
+"""What the benchmarks share: a service process on a fresh data folder, and an API key for it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(data_dir: str, **settings: str) -> dict[str, str]:
+    """The environment of a service on embedded defaults under `data_dir`, plus `settings`."""
+    env = {**os.environ, "HOKUSAI_DATA_DIR": data_dir, "HOKUSAI_ENV": "test"}
+    env["HOKUSAI_LOG_LEVEL"] = "WARNING"
+    for name in ("HOKUSAI_DATABASE_URL", "HOKUSAI_MLFLOW_TRACKING_URI", "HOKUSAI_REDIS_URL"):
+        env.pop(name, None)
+    env.update(settings)
+    return env
+
+
+def migrate_and_create_key(env: dict[str, str]) -> str:
+    subprocess.run([BIN / "hokusai-registry", "migrate"], env=env, check=True)
+    created = subprocess.run(
+        [BIN / "hokusai-registry", "create-api-key", "--name", "bench", "--scopes", "admin"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return created.stdout.strip().splitlines()[-1]
+
+
+def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a `hokusai-registry` (or other venv) command quietly."""
+    return subprocess.Popen(
+        [str(BIN / command[0]), *command[1:]],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def serve(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `hokusai-registry serve` on a free port; returns the process and its base URL."""
+    port = free_port()
+    process = start(["hokusai-registry", "serve", "--port", str(port), "--no-migrate"], env)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise SystemExit("the service did not become ready")
+        time.sleep(0.05)
+
+
+def stop(*processes: subprocess.Popen[bytes]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=30)
