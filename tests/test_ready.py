@@ -1,0 +1,33 @@
+"""`GET /ready` tells the truth about each dependency."""
+
+from __future__ import annotations
+
+import socket
+
+from tests.conftest import Api
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TestReady:
+    async def test_ready_when_database_and_mlflow_answer(self, api: Api) -> None:
+        response = await api.client.get("/ready")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok", "checks": {"database": "ok", "mlflow": "ok"}}
+
+    async def test_redis_is_reported_when_configured(self, api: Api) -> None:
+        api.settings.redis_url = "redis://127.0.0.1:6379/0"
+        try:
+            up = (await api.client.get("/ready")).json()
+            api.settings.redis_url = f"redis://127.0.0.1:{closed_port()}/0"
+            down = await api.client.get("/ready")
+        finally:
+            api.settings.redis_url = None
+        assert up["checks"]["redis"] == "ok"
+        # Redis down delays events; the service itself stays ready.
+        assert down.status_code == 200
+        assert down.json()["checks"]["redis"].startswith("error")
