@@ -61,9 +61,30 @@ class Settings(BaseSettings):
     max_archive_files: int = Field(default=10_000, gt=0)
     max_predictions_bytes: int = Field(default=256 * MiB, gt=0)
     registration_lease_seconds: int = Field(default=900, gt=0)
+    test_pause_at: str | None = Field(
+        default=None,
+        description="test only (honoured when ENV is test): a registration stage at which the "
+        "process writes DATA_DIR/paused-<stage> and stalls, so a test can kill it there",
+    )
     idempotency_ttl_seconds: int = Field(
         default=24 * 3600, gt=0, description="how long an Idempotency-Key replays its outcome"
     )
+
+    max_json_bytes: int = Field(
+        default=1 * MiB,
+        gt=0,
+        description="largest request body accepted outside multipart uploads (413 above)",
+    )
+    max_request_headers: int = Field(
+        default=100, gt=0, description="most header fields a request may carry (431 above)"
+    )
+    auth_failure_limit: int = Field(
+        default=20,
+        gt=0,
+        description="failed authentications one client address may make per window before "
+        "its requests are refused with 429 (counted per process)",
+    )
+    auth_failure_window_seconds: float = Field(default=60.0, gt=0)
 
     redis_url: str | None = None
     webhook_url: str | None = None
@@ -106,6 +127,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [float(part) for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url", "mlflow_tracking_uri", "redis_url", "webhook_url")
     @classmethod
