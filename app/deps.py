@@ -10,10 +10,12 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.models import Scope
+from app.auth.ratelimit import client_address, failed_auth_limiter
 from app.auth.service import Principal, authenticate, require_scope
 from app.clients.mlflow import MlflowRegistry
 from app.config import Settings
 from app.db import Database
+from app.errors import Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
@@ -40,13 +42,22 @@ MlflowDep = Annotated[MlflowRegistry, Depends(get_mlflow)]
 
 
 async def get_principal(
+    request: Request,
     database: DatabaseDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_api_key_header)],
 ) -> Principal:
+    # An address that keeps failing is refused before its key is even looked at.
+    limiter = failed_auth_limiter(request)
+    address = client_address(request)
+    limiter.check(address)
     key = bearer.credentials if bearer is not None else api_key
-    async with database.transaction() as session:
-        principal = await authenticate(session, key)
+    try:
+        async with database.transaction() as session:
+            principal = await authenticate(session, key)
+    except Unauthorized:
+        limiter.record_failure(address)
+        raise
     structlog.contextvars.bind_contextvars(principal=principal.key_id)
     return principal
 

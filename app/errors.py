@@ -159,7 +159,7 @@ class WebhookInactive(Conflict):
     title = "The webhook endpoint is inactive"
 
 
-# 413 / 415 / 422 ---------------------------------------------------------------------------------
+# 413 / 415 / 422 / 429 / 431 ----------------------------------------------------------------------
 
 
 class PayloadTooLarge(AppError):
@@ -172,6 +172,20 @@ class UnsupportedMediaType(AppError):
     status = 415
     code = "unsupported_media_type"
     title = "Unsupported content type"
+
+
+class TooManyRequests(AppError):
+    """Too many failed authentications from one client address; `Retry-After` says when to retry."""
+
+    status = 429
+    code = "too_many_requests"
+    title = "Too many failed authentications from this address"
+
+
+class RequestHeaderFieldsTooLarge(AppError):
+    status = 431
+    code = "request_header_fields_too_large"
+    title = "The request has too many header fields"
 
 
 class ValidationFailed(AppError):
@@ -239,6 +253,13 @@ class InternalError(AppError):
     status = 500
     code = "internal_error"
     title = "Internal server error"
+
+
+class RegistrationInterrupted(InternalError):
+    """The process registering a model died; the recovery sweep settled the attempt."""
+
+    code = "registration_interrupted"
+    title = "Registration interrupted"
 
 
 class MlflowFailed(AppError):
@@ -350,6 +371,18 @@ _HTTP_CODES = {
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI reports a JSON body that is not UTF-8 as a bare 400; malformed JSON is a 422
+        # validation error, and so is this.
+        body = problem_body(
+            status=422,
+            code="validation_error",
+            title="The request is not valid",
+            detail="body: the JSON body is not valid UTF-8",
+            request_id=current_request_id(),
+            extra={"errors": [{"loc": ["body"], "msg": "not valid UTF-8", "type": "json_invalid"}]},
+        )
+        return problem_response(body, status=422)
     code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "Request failed"))
     detail = exc.detail if isinstance(exc.detail, str) else title
     body = problem_body(

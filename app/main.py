@@ -19,8 +19,9 @@ from app.events.listener import start_listener
 from app.events.router import router as feed_router
 from app.events.webhooks.router import router as webhooks_router
 from app.logging import configure_logging
-from app.middleware import RequestContextMiddleware
+from app.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from app.openapi import Problem
+from app.registration.recovery import recovery_loop
 from app.registration.router import router as registration_router
 from app.registration.service import RegistrationServices
 from app.system import router as system_router
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.dispatcher = await stack.enter_async_context(
                     dispatching(settings, database)
                 )
+            await stack.enter_async_context(recovery_loop(app.state.registration))
             yield
         log.info("service_stopped")
 
@@ -99,6 +101,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_body_bytes=settings.max_json_bytes,
+        max_headers=settings.max_request_headers,
+    )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(system_router)
     # Prometheus scrapes this; it holds counts and timings, no tokens, keys or payloads.

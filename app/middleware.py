@@ -1,4 +1,4 @@
-"""Per-request context: a request id on every response and every log line of the request."""
+"""Per-request context (a request id on every response and log line) and request size limits."""
 
 from __future__ import annotations
 
@@ -8,13 +8,24 @@ import uuid
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import (
+    AppError,
+    PayloadTooLarge,
+    RequestHeaderFieldsTooLarge,
+    current_request_id,
+    problem_response,
+)
 
 log = structlog.get_logger("app.request")
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 # Probes are polled constantly; their lines would drown everything else.
 _QUIET_PATHS = frozenset({"/health", "/ready"})
+# The one route taking multipart uploads; it enforces its own limits while streaming to disk.
+_UPLOAD_PATH = re.compile(r"/models/[^/]+/register")
 
 
 class RequestContextMiddleware:
@@ -64,3 +75,99 @@ def _request_id(scope: Scope) -> str:
             if _CLIENT_REQUEST_ID.fullmatch(candidate):
                 return candidate
     return uuid.uuid4().hex
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive` once a streamed body passes the cap; rendered as 413 problem+json."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+
+
+class RequestLimitsMiddleware:
+    """Refuses requests with too many header fields (431) or an oversized non-multipart body (413).
+
+    Pure ASGI: a declared `Content-Length` over the cap is refused before anything is read; a body
+    without one (chunked) is counted as it streams in. Multipart uploads to the registration
+    route are exempt: it enforces its own, much larger limit while streaming to disk. Elsewhere a
+    multipart body is capped like any other (a JSON route would buffer it whole).
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_headers: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_headers = max_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if len(headers) > self.max_headers:
+            await self._refuse(
+                RequestHeaderFieldsTooLarge(
+                    f"the request has {len(headers)} header fields; at most "
+                    f"{self.max_headers} are accepted"
+                ),
+                scope,
+                receive,
+                send,
+            )
+            return
+        content_type = b""
+        content_length: int | None = None
+        for name, value in headers:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    content_length = None
+        if content_type.lower().startswith(b"multipart/form-data") and _UPLOAD_PATH.fullmatch(
+            scope["path"]
+        ):
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        if content_length is not None and content_length > limit:
+            await self._refuse(
+                PayloadTooLarge(f"the request body is larger than {limit} bytes"),
+                scope,
+                receive,
+                send,
+            )
+            return
+
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge as e:
+            # Normally the app's handler renders it; this catches a read outside any route.
+            if response_started:
+                raise
+            await self._refuse(PayloadTooLarge(str(e.detail)), scope, receive, send)
+
+    @staticmethod
+    async def _refuse(error: AppError, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            error.problem(current_request_id()), status=error.status, headers=error.headers
+        )
+        await response(scope, receive, send)

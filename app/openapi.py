@@ -31,12 +31,19 @@ _DESCRIPTIONS = {
     413: "The upload is too large (`payload_too_large`)",
     415: "Unsupported content type",
     422: "Validation failed; `code` says which check",
+    429: "Too many failed authentications from this address; retry after `Retry-After` seconds",
     503: "A dependency is unavailable; retry after `Retry-After` seconds",
 }
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` entries documenting each status as problem+json."""
+    """`responses=` entries documenting each status as problem+json.
+
+    An endpoint that can answer 401 authenticates, so it can also answer 429 (an address that
+    failed authentication too often is refused): that is documented along with it.
+    """
+    if 401 in statuses and 429 not in statuses:
+        statuses = (*statuses, 429)
     return {
         status: {
             "description": _DESCRIPTIONS[status],

@@ -83,6 +83,8 @@ def make_settings(
         "log_level": "WARNING",
         # Tests that deliver events run their own dispatcher, so nothing races them for work.
         "run_dispatcher": False,
+        # The session-wide app sees many deliberate 401s; the limit has its own tests.
+        "auth_failure_limit": 1_000_000,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

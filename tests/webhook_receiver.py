@@ -303,7 +303,12 @@ class WebhookReceiver:
             standard = False
             errors.append(f"standard: {e}")
         expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
-        legacy = hmac.compare_digest(expected, headers.get("x-hokusai-signature", ""))
+        # During a secret rotation a receiver still on the old secret finds its signature in
+        # X-Hokusai-Signature-Previous.
+        legacy = any(
+            hmac.compare_digest(expected, headers.get(name, ""))
+            for name in ("x-hokusai-signature", "x-hokusai-signature-previous")
+        )
         if not legacy:
             errors.append("legacy: X-Hokusai-Signature does not match")
         return standard, legacy, "; ".join(errors) or None

@@ -66,6 +66,7 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
 )
 _URL_CREDENTIALS = re.compile(r"//[^/@\s]+@")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_REGISTRATION_ID = re.compile(r"^[0-9a-f-]{1,36}$")
 _ERROR_TAG_MAX = 1000
 _READY_POLL_SECONDS = 0.25
 
@@ -84,6 +85,17 @@ class ModelVersionRef:
     model_name: str
     version: str
     model_uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRun:
+    """What MLflow holds of one registration's run."""
+
+    run_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    artifacts: list[str]  # paths under the run's `model/`
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -527,6 +539,52 @@ class MlflowRegistry:
         refs = [
             ModelVersionRef(model_name, str(mv.version), f"models:/{model_name}/{mv.version}")
             for mv in found
+        ]
+        return sorted(refs, key=lambda ref: int(ref.version))
+
+    def find_registration_runs(self, registration_id: str) -> list[RegistrationRun]:
+        """The runs tagged with `hokusai.registration_id` = `registration_id`, with their state."""
+        if not _REGISTRATION_ID.match(registration_id):
+            raise MlflowError(f"not a registration id: {registration_id!r}")
+        experiment_id = self.ensure_experiment()
+
+        def search(client: MlflowClient) -> list[RegistrationRun]:
+            runs = client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`hokusai.registration_id` = '{registration_id}'",
+                max_results=10,
+            )
+            return [
+                RegistrationRun(
+                    run_id=str(run.info.run_id),
+                    status=str(run.info.status),
+                    tags=dict(run.data.tags),
+                    metrics=dict(run.data.metrics),
+                    artifacts=[
+                        f.path for f in client.list_artifacts(run.info.run_id, ARTIFACT_PATH)
+                    ],
+                )
+                for run in runs
+            ]
+
+        return self._call("search_runs", search, registration_id=registration_id)
+
+    def find_registration_versions(
+        self, model_name: str, run_id: str, registration_id: str
+    ) -> list[ModelVersionRef]:
+        """READY versions of `model_name` from the run that carry the registration's tags."""
+        self._check_run_id(run_id)
+        found = self._call(
+            "search_model_versions",
+            lambda c: self._search_versions(c, model_name, run_id),
+            quiet=True,
+        )
+        refs = [
+            ModelVersionRef(model_name, str(mv.version), f"models:/{model_name}/{mv.version}")
+            for mv in found
+            if mv.status == "READY"
+            and mv.tags.get("hokusai_registration_id") == registration_id
+            and mv.tags.get("hokusai_status") == "registered"
         ]
         return sorted(refs, key=lambda ref: int(ref.version))
 

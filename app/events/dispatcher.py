@@ -312,7 +312,15 @@ class Dispatcher:
             return _failure("the webhook endpoint was deleted")
         if not endpoint.active and item.event.audience is None:
             return _failure("the webhook endpoint is inactive")
-        return await self.sender.send(url=endpoint.url, secret=endpoint.secret, envelope=body)
+        return await self.sender.send(
+            url=endpoint.url,
+            secret=endpoint.secret,
+            envelope=body,
+            previous_secret=endpoint.previous_secret
+            if endpoint.previous_secret_expires_at
+            and endpoint.previous_secret_expires_at > utcnow()
+            else None,
+        )
 
     async def _record(
         self, work: Sequence[_Work], results: Sequence[tuple[dt.datetime, AttemptResult]]

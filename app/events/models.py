@@ -48,6 +48,10 @@ class WebhookEndpoint(SQLModel, table=True):
     url: str = Field(max_length=2048)
     # Needed in clear to sign each delivery; never returned after creation, never logged.
     secret: str = Field(max_length=200)
+    # After a rotation the old secret also signs deliveries until it expires, so receivers can
+    # switch over without losing events. Never returned, never logged.
+    previous_secret: str | None = Field(default=None, max_length=200)
+    previous_secret_expires_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     description: str | None = Field(default=None, max_length=500)
     event_types: list[str] = Field(default_factory=lambda: ["*"], sa_type=JSONType)
     active: bool = True

@@ -32,7 +32,7 @@ from starlette.requests import Request
 
 from app.auth.service import Principal
 from app.clients.mlflow import MlflowError, MlflowRegistry
-from app.config import Settings
+from app.config import Environment, Settings
 from app.db import Database, utcnow
 from app.errors import (
     AppError,
@@ -91,6 +91,10 @@ MAX_TAG_VALUE = 5000
 RESERVED_TAG_PREFIXES = ("hokusai.", "hokusai_", "mlflow.")
 # Codes that announce a refused check with `model_validation_failed`.
 _VALIDATION_STATUSES = (413, 422)
+# How long a test pause point stalls at most before the registration goes on.
+_MAX_PAUSE_SECONDS = 300.0
+# The attempts this process is running; their upload folders are not abandoned however old.
+_running: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +226,7 @@ async def register(
     )
     structlog.contextvars.bind_contextvars(registration_id=attempt.id, token_id=token_id)
     workdir = services.settings.upload_dir / attempt.id
+    _running.add(attempt.id)
     try:
         if idempotency_key:
             previous = await _previous_attempt(services, principal, idempotency_key)
@@ -253,6 +258,7 @@ async def register(
             await _record_rejection(services.database, attempt, e)
             raise
         try:
+            await _pause_point(services.settings, "after_claim")
             with attempt.step("log_to_mlflow"):
                 await anyio.to_thread.run_sync(
                     _log_to_mlflow,
@@ -262,8 +268,11 @@ async def register(
                     unpacked,
                     limiter=services.mlflow_limiter,
                 )
+            await _pause_point(services.settings, "after_mlflow")
             with attempt.step("commit"):
-                result = await _commit(services.database, attempt)
+                result = await commit_registration(
+                    services.database, attempt.row(RegistrationStatus.IN_PROGRESS)
+                )
         except BaseException as e:
             with anyio.CancelScope(shield=True):
                 await _fail(services, attempt, e)
@@ -280,6 +289,12 @@ async def register(
         return result
     finally:
         await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+        _running.discard(attempt.id)
+
+
+def running_attempts() -> frozenset[str]:
+    """The registration ids this process is working on right now."""
+    return frozenset(_running)
 
 
 async def _receive(
@@ -363,7 +378,8 @@ def _resolve_fields(
     raw_metric = fields.get("metric")
     if not raw_metric:
         raise ValidationFailed("the field 'metric' is required")
-    attempt.metric_name = raw_metric[:64]
+    # PostgreSQL cannot store NUL in text or JSONB; the refusal must still be recorded.
+    attempt.metric_name = raw_metric[:64].replace("\x00", "\ufffd")
     spec = resolve_metric(raw_metric)
     attempt.metric_name = spec.name
     if fields.get("metric_value"):
@@ -576,6 +592,7 @@ def _log_to_mlflow(
             "hokusai.sha256": form.model.sha256,
         },
     )
+    _pause_point_sync(services.settings, "during_mlflow")
     mlflow.log_metric(attempt.run_id, check.name, check.value)
     if unpacked is not None:
         mlflow.log_model_dir(attempt.run_id, unpacked)
@@ -597,26 +614,29 @@ def _log_to_mlflow(
     mlflow.finish_run(attempt.run_id)
 
 
-async def _commit(database: Database, attempt: Attempt) -> RegistrationPublic:
-    """Token, registration and events in one transaction."""
-    check = attempt.check
-    assert check is not None and attempt.run_id is not None
+async def commit_registration(database: Database, row: Registration) -> RegistrationPublic:
+    """Token, registration and events in one transaction.
+
+    `row` is the attempt's registration with its MLflow run and version filled in; the service
+    commits it right after MLflow, the recovery sweep when it finds the work finished in MLflow.
+    """
+    assert row.metric_name is not None and row.mlflow_run_id is not None
     now = utcnow()
     async with database.transaction() as session:
         committed = await tokens.compare_and_set(
             session,
-            attempt.token_id,
+            row.token_id,
             expected=(TokenStatus.REGISTERING,),
-            registration_id=attempt.id,
+            registration_id=row.id,
             values={
                 "status": TokenStatus.REGISTERED,
-                "metric": check.name,
-                "baseline": check.baseline,
-                "metric_value": check.value,
-                "mlflow_run_id": attempt.run_id,
-                "model_name": attempt.model_name,
-                "model_version": attempt.model_version,
-                "model_uri": attempt.model_uri,
+                "metric": row.metric_name,
+                "baseline": row.baseline,
+                "metric_value": row.metric_value,
+                "mlflow_run_id": row.mlflow_run_id,
+                "model_name": row.model_name,
+                "model_version": row.model_version,
+                "model_uri": row.model_uri,
                 "registered_at": now,
                 "current_registration_id": None,
                 "claimed_at": None,
@@ -624,42 +644,41 @@ async def _commit(database: Database, attempt: Attempt) -> RegistrationPublic:
         )
         if not committed:
             raise TokenNotRegistrable(
-                f"token {attempt.token_id} changed while its model was being registered"
+                f"token {row.token_id} changed while its model was being registered"
             )
         common = {
-            "token_id": attempt.token_id,
-            "mlflow_run_id": attempt.run_id,
-            "model_name": attempt.model_name,
-            "model_version": attempt.model_version,
-            "metric_name": check.name,
-            "metric_value": check.value,
-            "baseline_value": check.baseline,
+            "token_id": row.token_id,
+            "mlflow_run_id": row.mlflow_run_id,
+            "model_name": row.model_name,
+            "model_version": row.model_version,
+            "metric_name": row.metric_name,
+            "metric_value": row.metric_value,
+            "baseline_value": row.baseline,
         }
         events = await write_events(
             session,
             [
                 NewEvent(
                     EventType.MODEL_REGISTERED,
-                    attempt.token_id,
+                    row.token_id,
                     {
                         **common,
-                        "registration_id": attempt.id,
-                        "model_uri": attempt.model_uri,
-                        "improvement": check.improvement,
-                        "sha256": attempt.sha256,
-                        "api_schema": attempt.api_schema,
+                        "registration_id": row.id,
+                        "model_uri": row.model_uri,
+                        "improvement": row.improvement,
+                        "sha256": row.artifact_sha256,
+                        "api_schema": row.api_schema,
                     },
                 ),
-                NewEvent(EventType.TOKEN_READY_FOR_DEPLOY, attempt.token_id, common),
+                NewEvent(EventType.TOKEN_READY_FOR_DEPLOY, row.token_id, common),
             ],
         )
-        row = attempt.row(
-            RegistrationStatus.REGISTERED,
-            event_ids=[event.event_id for event in events],
-            registered_at=now,
-            updated_at=now,
-            response_status=201,
-        )
+        row.status = RegistrationStatus.REGISTERED
+        row.event_ids = [event.event_id for event in events]
+        row.registered_at = now
+        row.updated_at = now
+        row.response_status = 201
+        row.error = None
         await session.merge(row)
     return RegistrationPublic.of(row)
 
@@ -733,46 +752,78 @@ async def _fail(services: RegistrationServices, attempt: Attempt, error: BaseExc
         limiter=services.mlflow_limiter,
     )
     try:
-        async with services.database.transaction() as session:
-            await tokens.compare_and_set(
-                session,
-                attempt.token_id,
-                expected=(TokenStatus.REGISTERING,),
-                registration_id=attempt.id,
-                values={
-                    "status": TokenStatus.FAILED,
-                    "current_registration_id": None,
-                    "claimed_at": None,
-                },
-            )
-            events = await write_events(
-                session,
-                [
-                    NewEvent(
-                        EventType.REGISTRATION_FAILED,
-                        attempt.token_id,
-                        {
-                            "token_id": attempt.token_id,
-                            "registration_id": attempt.id,
-                            "code": problem["code"],
-                            "detail": problem["detail"],
-                        },
-                    )
-                ],
-            )
-            now = utcnow()
-            await session.merge(
-                attempt.row(
-                    RegistrationStatus.FAILED,
-                    error={k: v for k, v in problem.items() if k != "request_id"},
-                    event_ids=[event.event_id for event in events],
-                    updated_at=now,
-                    response_status=client_error.status,
-                )
-            )
+        await record_failure(
+            services.database,
+            attempt.token_id,
+            attempt.id,
+            attempt.row(RegistrationStatus.IN_PROGRESS),
+            problem=problem,
+            response_status=client_error.status,
+        )
     except Exception:
         # The token stays `registering`; the recovery sweep settles it after the lease.
         log.exception("registration_failure_not_recorded")
+
+
+async def record_failure(
+    database: Database,
+    token_id: str,
+    registration_id: str | None,
+    row: Registration | None,
+    *,
+    problem: Mapping[str, Any],
+    response_status: int,
+) -> bool:
+    """Token `failed`, the attempt's row `failed`, and `registration_failed`, in one transaction.
+
+    Only while the token is still `registering` for the attempt `registration_id` (None: a claim
+    naming no registration): whoever settled it first wrote the outcome, and a second settler
+    writes nothing. `row` (the attempt's registration) is stored as failed when given. Returns
+    whether this call settled it.
+    """
+    error = {k: v for k, v in problem.items() if k != "request_id"}
+    async with database.transaction() as session:
+        settled = await tokens.compare_and_set(
+            session,
+            token_id,
+            expected=(TokenStatus.REGISTERING,),
+            registration_id=registration_id,
+            require_registration=True,
+            values={
+                "status": TokenStatus.FAILED,
+                "current_registration_id": None,
+                "claimed_at": None,
+            },
+        )
+        if not settled:
+            stored = await repository.get(session, registration_id) if registration_id else None
+            if stored is None or stored.status != RegistrationStatus.IN_PROGRESS:
+                log.warning("registration_already_settled", registration_id=registration_id)
+                return False
+            # The token moved on (e.g. archived) without settling this attempt: record its end.
+        events = await write_events(
+            session,
+            [
+                NewEvent(
+                    EventType.REGISTRATION_FAILED,
+                    token_id,
+                    {
+                        "token_id": token_id,
+                        "registration_id": registration_id,
+                        "code": problem["code"],
+                        "detail": problem["detail"],
+                    },
+                )
+            ],
+        )
+        if row is not None:
+            row.status = RegistrationStatus.FAILED
+            row.error = error
+            row.event_ids = [event.event_id for event in events]
+            row.updated_at = utcnow()
+            row.response_status = response_status
+            await session.merge(row)
+    return True
 
 
 async def _committed_anyway(database: Database, attempt: Attempt) -> bool:
@@ -798,3 +849,28 @@ def _client_error(error: BaseException) -> AppError:
     if isinstance(error, MlflowError):
         return MlflowFailed(str(error)[:500] or "MLflow refused the registration")
     return InternalError("the registration failed unexpectedly; the token is now failed")
+
+
+# Test hooks --------------------------------------------------------------------------------------
+
+
+def _pause_marker(settings: Settings, stage: str) -> Path | None:
+    """The marker to write when a test asked to stall at `stage` (test environment only)."""
+    if settings.env is not Environment.TEST or settings.test_pause_at != stage:
+        return None
+    marker = settings.data_dir.resolve() / f"paused-{stage}"
+    marker.write_text(f"{time.time()}\n", encoding="utf-8")
+    log.warning("registration_paused_for_test", stage=stage)
+    return marker
+
+
+async def _pause_point(settings: Settings, stage: str) -> None:
+    """Stall here when HOKUSAI_TEST_PAUSE_AT names this stage, so a crash test can kill us."""
+    if _pause_marker(settings, stage) is not None:
+        await anyio.sleep(_MAX_PAUSE_SECONDS)
+
+
+def _pause_point_sync(settings: Settings, stage: str) -> None:
+    """`_pause_point` for the MLflow worker thread."""
+    if _pause_marker(settings, stage) is not None:
+        time.sleep(_MAX_PAUSE_SECONDS)

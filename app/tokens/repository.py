@@ -50,9 +50,11 @@ async def compare_and_set(
     *,
     expected: Sequence[TokenStatus],
     registration_id: str | None = None,
+    require_registration: bool = False,
     values: dict[str, Any],
 ) -> bool:
-    """Update the token only if it is in one of `expected` (and held by `registration_id`).
+    """Update the token only if it is in one of `expected` (and held by `registration_id`; with
+    `require_registration`, a `registration_id` of None means "held by no registration").
 
     The condition and the write are one statement, so of two racing callers exactly one sees
     `True`.
@@ -65,5 +67,54 @@ async def compare_and_set(
     )
     if registration_id is not None:
         statement = statement.where(col(Token.current_registration_id) == registration_id)
+    elif require_registration:
+        statement = statement.where(col(Token.current_registration_id).is_(None))
     result = await session.execute(statement)
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def claim_stale_registration(
+    session: AsyncSession,
+    token_id: str,
+    *,
+    registration_id: str | None,
+    stale_before: dt.datetime,
+    now: dt.datetime,
+) -> bool:
+    """Take over a `registering` token whose claim is older than `stale_before`.
+
+    The claim is renewed to `now`, so of several processes sweeping at once exactly one wins, and
+    the winner holds a fresh lease while it settles the token.
+    """
+    statement = (
+        sa.update(Token)
+        .where(col(Token.token_id) == token_id)
+        .where(col(Token.status) == TokenStatus.REGISTERING.value)
+        .where(_claimed_before(stale_before))
+        .values(claimed_at=now, updated_at=now)
+    )
+    if registration_id is None:
+        statement = statement.where(col(Token.current_registration_id).is_(None))
+    else:
+        statement = statement.where(col(Token.current_registration_id) == registration_id)
+    result = await session.execute(statement)
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def list_stale_registering(
+    session: AsyncSession, *, stale_before: dt.datetime, limit: int
+) -> Sequence[Token]:
+    """Tokens left `registering` by a claim older than `stale_before`, oldest first."""
+    statement = (
+        select(Token)
+        .where(Token.status == TokenStatus.REGISTERING)
+        .where(_claimed_before(stale_before))
+        .order_by(col(Token.updated_at))
+        .limit(limit)
+    )
+    return (await session.exec(statement)).all()
+
+
+def _claimed_before(moment: dt.datetime) -> sa.ColumnElement[bool]:
+    # A claim without a time (written by hand, or by an older version) ages from the last update.
+    return sa.func.coalesce(col(Token.claimed_at), col(Token.updated_at)) < moment

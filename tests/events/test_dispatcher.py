@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import hmac
 import json
 import socket
 import time
@@ -18,11 +20,12 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from standardwebhooks import Webhook
 
 from app.db import utcnow
 from app.events import delivery_repository as repo
 from app.events.dispatcher import Dispatcher, retry_delay
-from app.events.models import Delivery
+from app.events.models import Delivery, WebhookEndpoint
 from app.events.outbox import NewEvent, write_events
 from app.events.redis_channel import CHANNEL, STREAM, RedisPublisher
 from app.events.webhooks.sender import WebhookSender
@@ -31,6 +34,10 @@ from tests.webhook_receiver import Reply, WebhookReceiver
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 FAST_SCHEDULE = [0.05, 0.05, 0.05, 0.05]
+
+
+def legacy(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def closed_port() -> int:
@@ -264,6 +271,66 @@ class TestWebhookDelivery:
                 await worker.run_once()
             assert [r.json()["event_type"] for r in deploys.requests] == ["model_deployed"]
             assert inactive.requests == []
+
+
+class TestSecretRotation:
+    async def test_receivers_on_old_and_new_secret_both_verify_during_overlap(
+        self, api: Api, dispatcher: Callable[..., Dispatcher]
+    ) -> None:
+        with WebhookReceiver() as receiver:
+            endpoint = await add_endpoint(api, receiver.url)
+            old_secret = endpoint["secret"]
+            rotated = await api.client.post(
+                f"/webhooks/{endpoint['id']}/rotate-secret",
+                json={"overlap_seconds": 3600},
+                headers=api.auth(),
+            )
+            assert rotated.status_code == 200
+            new_secret = rotated.json()["secret"]
+            worker = dispatcher()
+            # A receiver still configured with the old secret, then one already on the new one.
+            receiver.secret = old_secret
+            await emit(api, 1)
+            await drain(worker, until=lambda: len(receiver.requests) >= 1)
+            receiver.secret = new_secret
+            await emit(api, 1)
+            await drain(worker, until=lambda: len(receiver.requests) >= 2)
+            on_old, on_new = receiver.requests
+        assert on_old.signature_ok, on_old.verify_error
+        assert on_new.signature_ok, on_new.verify_error
+        for request in (on_old, on_new):
+            Webhook(old_secret).verify(request.body, request.headers)
+            Webhook(new_secret).verify(request.body, request.headers)
+            assert request.headers["x-hokusai-signature"] == legacy(new_secret, request.body)
+            assert request.headers["x-hokusai-signature-previous"] == legacy(
+                old_secret, request.body
+            )
+
+    async def test_previous_secret_is_ignored_after_it_expires(
+        self, api: Api, dispatcher: Callable[..., Dispatcher]
+    ) -> None:
+        with WebhookReceiver() as receiver:
+            endpoint = await add_endpoint(api, receiver.url)
+            old_secret = endpoint["secret"]
+            rotated = await api.client.post(
+                f"/webhooks/{endpoint['id']}/rotate-secret", headers=api.auth()
+            )
+            new_secret = rotated.json()["secret"]
+            async with api.database.transaction() as session:
+                stored = await session.get(WebhookEndpoint, endpoint["id"])
+                assert stored is not None and stored.previous_secret == old_secret
+                stored.previous_secret_expires_at = utcnow() - dt.timedelta(seconds=1)
+                session.add(stored)
+            receiver.secret = old_secret
+            await emit(api, 1)
+            await drain(dispatcher(), until=lambda: len(receiver.requests) >= 1)
+            (request,) = receiver.requests
+        assert not request.signature_ok
+        assert request.standard_signature_ok is False and request.legacy_signature_ok is False
+        assert " " not in request.headers["webhook-signature"]
+        assert "x-hokusai-signature-previous" not in request.headers
+        Webhook(new_secret).verify(request.body, request.headers)
+        assert request.headers["x-hokusai-signature"] == legacy(new_secret, request.body)
 
 
 class TestRetrySchedule:

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
+import json
 import socket
 import ssl
 import uuid
@@ -20,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.events.webhooks.schemas import generate_secret
 from app.events.webhooks.sender import (
@@ -115,6 +118,80 @@ class TestSignatureHeaders:
 
     def test_body_is_compact_json(self) -> None:
         assert encode_body({"a": 1, "b": [1, 2]}) == b'{"a":1,"b":[1,2]}'
+
+
+def legacy(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class TestRotatedSignatures:
+    OLD = generate_secret()
+    NEW = generate_secret()
+
+    def headers(self, body: bytes, *, previous: str | None) -> dict[str, str]:
+        return signature_headers(
+            secret=self.NEW,
+            event_id="msg_1",
+            event_type="model_registered",
+            timestamp=int(dt.datetime.now(dt.UTC).timestamp()),
+            body=body,
+            previous_secret=previous,
+        )
+
+    def test_both_secrets_verify_during_the_overlap(self) -> None:
+        body = encode_body(make_envelope())
+        headers = self.headers(body, previous=self.OLD)
+        signatures = headers["webhook-signature"].split(" ")
+        assert len(signatures) == 2 and all(sig.startswith("v1,") for sig in signatures)
+        assert Webhook(self.NEW).verify(body, headers) == json.loads(body)
+        assert Webhook(self.OLD).verify(body, headers) == json.loads(body)
+        assert headers["X-Hokusai-Signature"] == legacy(self.NEW, body)
+        assert headers["X-Hokusai-Signature-Previous"] == legacy(self.OLD, body)
+
+    def test_new_signature_comes_first_and_matches_a_single_signing(self) -> None:
+        body = b'{"a":1}'
+        alone = self.headers(body, previous=None)
+        both = self.headers(body, previous=self.OLD)
+        assert both["webhook-signature"].split(" ")[0] == alone["webhook-signature"]
+
+    def test_without_previous_secret_only_the_new_one_signs(self) -> None:
+        body = encode_body(make_envelope())
+        headers = self.headers(body, previous=None)
+        assert " " not in headers["webhook-signature"]
+        assert "X-Hokusai-Signature-Previous" not in headers
+        Webhook(self.NEW).verify(body, headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(self.OLD).verify(body, headers)
+
+    def test_a_third_secret_verifies_neither(self) -> None:
+        body = encode_body(make_envelope())
+        headers = self.headers(body, previous=self.OLD)
+        stranger = generate_secret()
+        with pytest.raises(WebhookVerificationError):
+            Webhook(stranger).verify(body, headers)
+        assert legacy(stranger, body) not in (
+            headers["X-Hokusai-Signature"],
+            headers["X-Hokusai-Signature-Previous"],
+        )
+
+    def test_previous_secret_that_is_not_base64_still_signs(self) -> None:
+        body = b"{}"
+        headers = self.headers(body, previous="plain-site-secret!")
+        assert headers["X-Hokusai-Signature-Previous"] == legacy("plain-site-secret!", body)
+        assert len(headers["webhook-signature"].split(" ")) == 2
+        Webhook(self.NEW).verify(body, headers)
+
+    async def test_send_carries_both_signatures(self, sender: WebhookSender) -> None:
+        envelope = make_envelope()
+        async with WebhookReceiver(secret=self.OLD) as old_receiver:
+            result = await sender.send(
+                url=old_receiver.url, secret=self.NEW, envelope=envelope, previous_secret=self.OLD
+            )
+            assert result.ok
+            (request,) = await old_receiver.wait_for(1)
+        assert request.signature_ok, request.verify_error
+        assert request.headers["x-hokusai-signature"] == legacy(self.NEW, request.body)
+        Webhook(self.NEW).verify(request.body, request.headers)
 
 
 class TestRetryAfter:

@@ -343,6 +343,113 @@ class TestStaticWebhook:
         assert response.status_code == 202
 
 
+OTHER_SECRET = "whsec_" + base64.b64encode(b"n" * 32).decode()
+
+
+class TestRotateSecret:
+    async def test_generates_new_secret_and_keeps_old_one_for_a_day(self, api: Api) -> None:
+        created = await create_webhook(api, secret=GOOD_SECRET)
+        before = utcnow()
+        response = await api.client.post(
+            f"/webhooks/{created['id']}/rotate-secret", headers=api.auth()
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["id"] == created["id"] and body["url"] == HOOK_URL
+        new_secret = body["secret"]
+        assert new_secret.startswith("whsec_") and new_secret != GOOD_SECRET
+        assert GOOD_SECRET not in response.text
+        expires = dt.datetime.fromisoformat(body["previous_secret_expires_at"])
+        assert before + dt.timedelta(hours=24) <= expires <= utcnow() + dt.timedelta(hours=24)
+        stored = await stored_endpoint(api, created["id"])
+        assert stored is not None
+        assert stored.secret == new_secret
+        assert stored.previous_secret == GOOD_SECRET
+        assert stored.previous_secret_expires_at is not None
+        assert abs((stored.previous_secret_expires_at - expires).total_seconds()) < 1
+        shown = await api.client.get(f"/webhooks/{created['id']}", headers=api.auth())
+        assert "secret" not in shown.json()
+        assert new_secret not in shown.text and GOOD_SECRET not in shown.text
+        assert shown.json()["previous_secret_expires_at"] is not None
+
+    async def test_accepts_given_secret_and_overlap(self, api: Api) -> None:
+        created = await create_webhook(api, secret=GOOD_SECRET)
+        before = utcnow()
+        response = await api.client.post(
+            f"/webhooks/{created['id']}/rotate-secret",
+            json={"secret": OTHER_SECRET, "overlap_seconds": 600},
+            headers=api.auth(),
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["secret"] == OTHER_SECRET
+        stored = await stored_endpoint(api, created["id"])
+        assert stored is not None and stored.secret == OTHER_SECRET
+        assert stored.previous_secret == GOOD_SECRET
+        assert stored.previous_secret_expires_at is not None
+        overlap = (stored.previous_secret_expires_at - before).total_seconds()
+        assert 599 <= overlap <= 601
+
+    async def test_zero_overlap_drops_old_secret_at_once(self, api: Api) -> None:
+        created = await create_webhook(api, secret=GOOD_SECRET)
+        response = await api.client.post(
+            f"/webhooks/{created['id']}/rotate-secret",
+            json={"overlap_seconds": 0},
+            headers=api.auth(),
+        )
+        assert response.status_code == 200
+        assert response.json()["previous_secret_expires_at"] is None
+        stored = await stored_endpoint(api, created["id"])
+        assert stored is not None and stored.secret == response.json()["secret"]
+        assert stored.previous_secret is None and stored.previous_secret_expires_at is None
+
+    async def test_second_rotation_keeps_only_the_last_two(self, api: Api) -> None:
+        created = await create_webhook(api, secret=GOOD_SECRET)
+        path = f"/webhooks/{created['id']}/rotate-secret"
+        first = await api.client.post(path, json={"secret": OTHER_SECRET}, headers=api.auth())
+        second = await api.client.post(path, headers=api.auth())
+        assert first.status_code == second.status_code == 200
+        stored = await stored_endpoint(api, created["id"])
+        assert stored is not None
+        assert stored.secret == second.json()["secret"]
+        assert stored.previous_secret == OTHER_SECRET
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"overlap_seconds": 7 * 24 * 3600 + 1},
+            {"overlap_seconds": -1},
+            {"overlap_seconds": "soon"},
+            {"secret": "not-a-secret"},
+            {"secret": "whsec_" + base64.b64encode(b"k" * 16).decode()},
+            {"unexpected": True},
+        ],
+    )
+    async def test_rejects_bad_bodies(self, api: Api, body: dict[str, Any]) -> None:
+        created = await create_webhook(api, secret=GOOD_SECRET)
+        response = await api.client.post(
+            f"/webhooks/{created['id']}/rotate-secret", json=body, headers=api.auth()
+        )
+        assert response.status_code == 422
+        assert response.json()["code"] == "validation_error"
+        stored = await stored_endpoint(api, created["id"])
+        assert stored is not None and stored.secret == GOOD_SECRET
+        assert stored.previous_secret is None
+
+    async def test_static_webhook_is_409(self, api: Api) -> None:
+        await insert_static_endpoint(api)
+        response = await api.client.post("/webhooks/static/rotate-secret", headers=api.auth())
+        assert response.status_code == 409
+        assert response.json()["code"] == "static_webhook_readonly"
+        stored = await stored_endpoint(api, "static")
+        assert stored is not None and stored.secret == GOOD_SECRET
+        assert stored.previous_secret is None
+
+    async def test_unknown_webhook_is_404(self, api: Api) -> None:
+        response = await api.client.post("/webhooks/nope/rotate-secret", headers=api.auth())
+        assert response.status_code == 404
+        assert response.json()["code"] == "webhook_not_found"
+
+
 class TestScopes:
     @pytest.mark.parametrize(
         ("method", "path"),
@@ -355,6 +462,7 @@ class TestScopes:
             ("GET", "/webhooks/x/deliveries"),
             ("POST", "/webhooks/x/deliveries/y/retry"),
             ("POST", "/webhooks/x/test"),
+            ("POST", "/webhooks/x/rotate-secret"),
         ],
     )
     async def test_requires_webhooks_manage(self, api: Api, method: str, path: str) -> None:

@@ -16,6 +16,7 @@ from app.events.webhooks.schemas import (
     WebhookCreated,
     WebhookList,
     WebhookPublic,
+    WebhookRotateSecret,
     WebhookTestQueued,
     WebhookUpdate,
 )
@@ -54,6 +55,17 @@ async def update_webhook(
 ) -> WebhookPublic:
     """Change an endpoint's URL, event types, description or active flag."""
     return await service.update_webhook(database, settings, webhook_id, body)
+
+
+@router.post("/{webhook_id}/rotate-secret", responses=error_responses(401, 403, 404, 409, 422))
+async def rotate_webhook_secret(
+    webhook_id: str,
+    database: DatabaseDep,
+    _: WebhooksManage,
+    body: WebhookRotateSecret | None = None,
+) -> WebhookCreated:
+    """Switch to a new signing secret, shown only this once; the old one signs too for a while."""
+    return await service.rotate_secret(database, webhook_id, body or WebhookRotateSecret())
 
 
 @router.delete(

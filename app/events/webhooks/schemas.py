@@ -28,6 +28,8 @@ SECRET_BYTES = 32
 MIN_SECRET_BYTES = 24
 MAX_SECRET_BYTES = 64
 ALL_EVENTS = "*"
+DEFAULT_OVERLAP_SECONDS = 24 * 3600
+MAX_OVERLAP_SECONDS = 7 * 24 * 3600
 KNOWN_EVENT_TYPES = tuple(
     value for name, value in vars(EventType).items() if name.isupper() and isinstance(value, str)
 )
@@ -151,6 +153,31 @@ class WebhookUpdate(BaseModel):
         return self
 
 
+class WebhookRotateSecret(BaseModel):
+    """A new signing secret (generated when absent); the old one keeps signing for the overlap."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
+
+    secret: SecretStr | None = Field(
+        default=None,
+        description="`whsec_<base64>` of 24-64 bytes; generated when absent. Shown only in the "
+        "answer to this request.",
+    )
+    overlap_seconds: int = Field(
+        default=DEFAULT_OVERLAP_SECONDS,
+        ge=0,
+        le=MAX_OVERLAP_SECONDS,
+        description="how long deliveries stay signed with the old secret as well (at most 7 days)",
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_secret(value.get_secret_value())
+        return value
+
+
 class WebhookPublic(BaseModel):
     """A webhook endpoint as the API shows it (never with its secret)."""
 
@@ -163,6 +190,11 @@ class WebhookPublic(BaseModel):
         description="why the service switched the endpoint off (a 410 Gone), if it did"
     )
     is_static: bool = Field(description="configured by HOKUSAI_WEBHOOK_URL; read-only here")
+    previous_secret_expires_at: dt.datetime | None = Field(
+        default=None,
+        description="after a secret rotation: until when deliveries also carry a signature made "
+        "with the previous secret",
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -176,6 +208,9 @@ class WebhookPublic(BaseModel):
             active=endpoint.active,
             disabled_reason=endpoint.disabled_reason,
             is_static=endpoint.is_static,
+            previous_secret_expires_at=endpoint.previous_secret_expires_at
+            if endpoint.previous_secret is not None
+            else None,
             created_at=endpoint.created_at,
             updated_at=endpoint.updated_at,
         )

@@ -62,22 +62,41 @@ def encode_body(envelope: Mapping[str, Any]) -> bytes:
 
 
 def signature_headers(
-    *, secret: str, event_id: str, event_type: str, timestamp: int, body: bytes
+    *,
+    secret: str,
+    event_id: str,
+    event_type: str,
+    timestamp: int,
+    body: bytes,
+    previous_secret: str | None = None,
 ) -> dict[str, str]:
-    """The headers of one delivery: Standard Webhooks plus the site's legacy signature."""
+    """The headers of one delivery: Standard Webhooks plus the site's legacy signature.
+
+    With a `previous_secret` (a rotation's overlap), `webhook-signature` carries both signatures,
+    space-separated as the spec allows, and `X-Hokusai-Signature-Previous` the old legacy one.
+    """
     signed_at = dt.datetime.fromtimestamp(timestamp, tz=dt.UTC)
     standard = _standard_signer(secret).sign(event_id, signed_at, body.decode())
-    legacy = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {
+    legacy = _legacy_signature(secret, body)
+    headers = {
         "webhook-id": event_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": standard,
-        "X-Hokusai-Signature": f"sha256={legacy}",
+        "X-Hokusai-Signature": legacy,
         "X-Hokusai-Event": event_type,
         "X-Hokusai-Idempotency-Key": event_id,
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
     }
+    if previous_secret is not None and previous_secret != secret:
+        old = _standard_signer(previous_secret).sign(event_id, signed_at, body.decode())
+        headers["webhook-signature"] = f"{standard} {old}"
+        headers["X-Hokusai-Signature-Previous"] = _legacy_signature(previous_secret, body)
+    return headers
+
+
+def _legacy_signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def _standard_signer(secret: str) -> Webhook:
@@ -163,8 +182,18 @@ class WebhookSender:
             ),
         )
 
-    async def send(self, *, url: str, secret: str, envelope: Mapping[str, Any]) -> AttemptResult:
-        """POST `envelope` to `url`, signed with `secret`; one attempt, never raises for I/O."""
+    async def send(
+        self,
+        *,
+        url: str,
+        secret: str,
+        envelope: Mapping[str, Any],
+        previous_secret: str | None = None,
+    ) -> AttemptResult:
+        """POST `envelope` to `url`, signed with `secret` (and `previous_secret` if given).
+
+        One attempt; never raises for I/O.
+        """
         started = time.perf_counter()
         refusal = self._refuse(url)
         if refusal is not None:
@@ -176,6 +205,7 @@ class WebhookSender:
             event_type=str(envelope["event_type"]),
             timestamp=int(time.time()),
             body=body,
+            previous_secret=previous_secret,
         )
         # A compressed answer would be inflated to read it; the excerpt is not worth that risk.
         headers["Accept-Encoding"] = "identity"

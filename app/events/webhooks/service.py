@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from app.events.webhooks.schemas import (
     WebhookCreated,
     WebhookList,
     WebhookPublic,
+    WebhookRotateSecret,
     WebhookTestQueued,
     WebhookUpdate,
     generate_secret,
@@ -108,6 +110,36 @@ async def update_webhook(
         session.add(endpoint)
     log.info("webhook_updated", webhook_id=webhook_id, fields=sorted(changes))
     return WebhookPublic.of(endpoint)
+
+
+async def rotate_secret(
+    database: Database, webhook_id: str, body: WebhookRotateSecret
+) -> WebhookCreated:
+    """Sign with a new secret; the current one keeps signing too for `overlap_seconds`.
+
+    A rotation during an overlap drops the oldest secret: only the last two ever sign.
+    """
+    secret = body.secret.get_secret_value() if body.secret is not None else generate_secret()
+    now = utcnow()
+    async with database.transaction() as session:
+        endpoint = await _endpoint(session, webhook_id, for_update=True)
+        _refuse_static(endpoint, "rotated")
+        if body.overlap_seconds > 0:
+            endpoint.previous_secret = endpoint.secret
+            endpoint.previous_secret_expires_at = now + dt.timedelta(seconds=body.overlap_seconds)
+        else:
+            endpoint.previous_secret = None
+            endpoint.previous_secret_expires_at = None
+        endpoint.secret = secret
+        endpoint.updated_at = now
+        session.add(endpoint)
+    log.info(
+        "webhook_secret_rotated",
+        webhook_id=webhook_id,
+        overlap_seconds=body.overlap_seconds,
+        previous_secret_expires_at=endpoint.previous_secret_expires_at,
+    )
+    return WebhookCreated(**WebhookPublic.of(endpoint).model_dump(), secret=secret)
 
 
 async def delete_webhook(database: Database, webhook_id: str) -> None:
