@@ -35,7 +35,7 @@ clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	rm -f $(VENV)/.synced-*
 	touch $@
 
