@@ -110,7 +110,13 @@ def _configure_sqlite(engine: sa.Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only unit of work takes no lock up front: under WAL it reads a snapshot and
+        # never waits for writers.
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+READ_ONLY_OPTION = "hokusai_read_only"
 
 
 def create_engine_for(raw_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -133,16 +139,26 @@ class Database:
         self._sessions = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False, autoflush=False
         )
+        self._read_sessions = async_sessionmaker(
+            self.engine.execution_options(**{READ_ONLY_OPTION: True}),
+            class_=AsyncSession,
+            expire_on_commit=False,
+            autoflush=False,
+        )
 
     @property
     def backend(self) -> str:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """One transaction: committed when the block ends, rolled back when it raises."""
+    async def transaction(self, *, read_only: bool = False) -> AsyncIterator[AsyncSession]:
+        """One transaction: committed when the block ends, rolled back when it raises.
+
+        `read_only` units only read; on SQLite they do not take the write lock.
+        """
+        sessions = self._read_sessions if read_only else self._sessions
         try:
-            async with self._sessions() as session, session.begin():
+            async with sessions() as session, session.begin():
                 yield session
         except DBAPIError as e:
             # Connection-level failures (server gone, SQLite locked past the timeout) are an
@@ -154,7 +170,7 @@ class Database:
             raise DatabaseUnavailable("the database did not answer; try again shortly") from e
 
     async def ping(self) -> None:
-        async with self.transaction() as session:
+        async with self.transaction(read_only=True) as session:
             await session.exec(sa.select(1))  # type: ignore[call-overload]
 
     async def dispose(self) -> None:

@@ -53,7 +53,7 @@ async def get_principal(
     limiter.check(address)
     key = bearer.credentials if bearer is not None else api_key
     try:
-        async with database.transaction() as session:
+        async with database.transaction(read_only=True) as session:
             principal = await authenticate(session, key)
     except Unauthorized:
         limiter.record_failure(address)

@@ -188,7 +188,7 @@ class Dispatcher:
     async def _idle_seconds(self) -> float:
         """How long to sleep: until the next retry is due, at most one poll interval."""
         poll = self.settings.dispatcher_poll_seconds
-        async with self.database.transaction() as session:
+        async with self.database.transaction(read_only=True) as session:
             due = await repo.next_due(session)
         if due is None:
             return poll

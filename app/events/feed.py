@@ -122,7 +122,7 @@ async def read_feed(
 async def _read_page(
     database: Database, *, after: int, limit: int, event_type: str | None, token_id: str | None
 ) -> EventFeed:
-    async with database.transaction() as session:
+    async with database.transaction(read_only=True) as session:
         # Two statements on purpose: the second must see at least what the first did (see the
         # module docstring), which holds for separate statements under READ COMMITTED too.
         mark = await repository.watermark(session)

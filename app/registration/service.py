@@ -187,7 +187,7 @@ class Attempt:
 
 
 async def get_registration(database: Database, registration_id: str) -> RegistrationPublic:
-    async with database.transaction() as session:
+    async with database.transaction(read_only=True) as session:
         row = await repository.get(session, registration_id[:64])
     if row is None:
         raise RegistrationNotFound(f"no registration {registration_id[:64]}")
@@ -198,7 +198,7 @@ async def list_registrations(
     database: Database, raw_token_id: str, *, limit: int
 ) -> RegistrationList:
     token_id = normalize_token_id(raw_token_id)
-    async with database.transaction() as session:
+    async with database.transaction(read_only=True) as session:
         if await tokens.get(session, token_id) is None:
             raise TokenNotFound(f"no token {token_id}")
         rows = await repository.list_for_token(session, token_id, limit=limit)
@@ -233,7 +233,7 @@ async def register(
             if previous is not None:
                 form = await _receive(services, request, workdir, before_model=None)
                 return _replay(previous, _fingerprint(token_id, form))
-        async with services.database.transaction() as session:
+        async with services.database.transaction(read_only=True) as session:
             token = await tokens.get(session, token_id)
         if token is None:
             raise TokenNotFound(f"no token {token_id}")

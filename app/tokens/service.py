@@ -56,7 +56,7 @@ async def create_token(database: Database, body: TokenCreate) -> TokenPublic:
 
 async def get_token(database: Database, raw_token_id: str) -> TokenPublic:
     token_id = normalize_token_id(raw_token_id)
-    async with database.transaction() as session:
+    async with database.transaction(read_only=True) as session:
         token = await repository.get(session, token_id)
     if token is None:
         raise TokenNotFound(f"no token {token_id}")
@@ -67,7 +67,7 @@ async def list_tokens(
     database: Database, *, status: TokenStatus | None, limit: int, cursor: str | None
 ) -> TokenPage:
     after = _decode_cursor(cursor) if cursor else None
-    async with database.transaction() as session:
+    async with database.transaction(read_only=True) as session:
         rows = await repository.list_page(
             session, status=status, limit=min(limit, MAX_PAGE) + 1, after=after
         )

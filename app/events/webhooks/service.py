@@ -76,7 +76,7 @@ async def create_webhook(
 
 
 async def list_webhooks(database: Database) -> WebhookList:
-    async with database.transaction() as session:
+    async with database.transaction(read_only=True) as session:
         endpoints = await repository.list_endpoints(session)
     return WebhookList(items=[WebhookPublic.of(endpoint) for endpoint in endpoints])
 
