@@ -46,7 +46,7 @@ class TestAuthentication:
     async def test_key_is_stored_only_as_hash(self, api: Api) -> None:
         async with api.database.transaction() as session:
             rows = (await session.execute(sa.text("SELECT id, key_hash FROM api_keys"))).all()
-        secret = api.admin_key.rsplit("_", 1)[1]
+        secret = api.admin_key.split("_", 2)[2]
         assert rows
         assert all(secret not in key_hash and len(key_hash) == 64 for _, key_hash in rows)
 
