@@ -28,6 +28,7 @@ SCENARIOS = {
     "readme": "tests/docs/test_readme.py",
     "walkthrough": "tests/docs/test_walkthrough.py",
     "workflows": "tests/docs/test_workflows.py",
+    "cli": "tests/docs/test_workflows.py",
 }
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
