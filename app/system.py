@@ -2,31 +2,82 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import anyio
 import redis.asyncio as redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
+
+from app.openapi import problem_responses
 
 router = APIRouter(tags=["system"])
 
 READY_TIMEOUT_SECONDS = 5.0
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
-    """The process is alive (no dependency is checked)."""
-    return {"status": "ok"}
+class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Whether the service can take work, and each dependency's check."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ok", "checks": {"database": "ok", "mlflow": "ok"}}]
+        }
+    )
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(
+        description="`ok` or `error: <exception type>` for `database`, `mlflow` and, when "
+        "configured, `redis`"
+    )
+
+
+_NOT_READY = {
+    "status": "unavailable",
+    "checks": {"database": "ok", "mlflow": "error: TimeoutError"},
+}
+
+
+@router.get("/health", summary="Liveness probe", responses=problem_responses())
+async def health() -> Health:
+    """The process is alive (no dependency is checked).
+
+    For the orchestrator's liveness probe; needs no API key and is not logged per request.
+    """
+    return Health(status="ok")
 
 
 @router.get(
     "/ready",
-    responses={503: {"description": "a dependency does not answer; `checks` says which"}},
+    summary="Readiness probe",
+    response_model=Readiness,
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "The database or MLflow does not answer; `checks` says which. "
+            "Carries `Retry-After`.",
+            "content": {"application/json": {"example": _NOT_READY}},
+            "headers": {
+                "Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}
+            },
+        },
+        **problem_responses(),
+    },
 )
 async def ready(request: Request) -> JSONResponse:
     """The database and MLflow both answer; 503 with the failing check otherwise.
 
-    Redis, when configured, is reported too but does not make the service unready.
+    For the orchestrator's readiness probe and load balancers; needs no API key. Each check
+    gives up after 5 s. Redis, when configured, is reported too but does not make the service
+    unready: events wait in the outbox until it is back.
     """
     state = request.app.state
     checks: dict[str, str] = {}

@@ -6,24 +6,45 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.auth.models import Scope
 from app.deps import DatabaseDep, EventsRead
+from app.errors import ValidationFailed
 from app.events import feed
 from app.events.feed import EventFeed
-from app.openapi import error_responses
+from app.openapi import invalid_field, problem_responses
 
 router = APIRouter(prefix="/events", tags=["events"])
 
 _MAX_SEQUENCE = 2**63 - 1
 
 
-@router.get("", responses=error_responses(401, 403, 422, 503))
+@router.get(
+    "",
+    summary="Read the events feed",
+    responses=problem_responses(
+        invalid_field(
+            "query",
+            "wait",
+            msg="Input should be less than or equal to 30",
+            type_="less_than_equal",
+        ),
+        (
+            ValidationFailed,
+            "token_id must be 1-64 characters of A-Z, a-z, 0-9 and '-', with no leading or "
+            "trailing hyphen",
+        ),
+        scope=Scope.EVENTS_READ,
+    ),
+)
 async def list_events(
     database: DatabaseDep,
     _: EventsRead,
     after: Annotated[
         int, Query(ge=0, le=_MAX_SEQUENCE, description="return events with a higher sequence")
     ] = 0,
-    limit: Annotated[int, Query(ge=1, le=feed.MAX_LIMIT)] = feed.DEFAULT_LIMIT,
+    limit: Annotated[
+        int, Query(ge=1, le=feed.MAX_LIMIT, description="most events on one page")
+    ] = feed.DEFAULT_LIMIT,
     event_type: Annotated[
         str | None, Query(max_length=64, description="only events of this type (exact)")
     ] = None,
@@ -39,7 +60,14 @@ async def list_events(
         ),
     ] = 0,
 ) -> EventFeed:
-    """Read events in commit order after `after`, optionally long-polling for new ones."""
+    """Read events in commit order after `after`, optionally long-polling for new ones.
+
+    For consumers that poll instead of receiving webhooks. Pass each page's `next_after` back
+    as `after`: a consumer that does so never misses or repeats an event, even with concurrent
+    writers and even when a page is empty. With `wait`, an empty answer is held up to that many
+    seconds (at most 30) until a matching event commits. Delivery is at-least-once across
+    channels: de-duplicate on `event_id`.
+    """
     return await feed.read_feed(
         database, after=after, limit=limit, event_type=event_type, token_id=token_id, wait=wait
     )

@@ -4,78 +4,203 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
+from app.auth.models import Scope
 from app.deps import DatabaseDep, ModelsRegister, TokensRead
-from app.openapi import error_responses
+from app.errors import (
+    BenchmarkMismatch,
+    ChecksumMismatch,
+    IdempotencyKeyReused,
+    InternalError,
+    InvalidBaseline,
+    InvalidMetricValue,
+    InvalidModelFile,
+    InvalidPredictions,
+    MetricBelowBaseline,
+    MlflowFailed,
+    MlflowUnavailable,
+    PayloadTooLarge,
+    RegistrationInProgress,
+    RegistrationNotFound,
+    TokenNotFound,
+    TokenNotRegistrable,
+    UnsupportedMediaType,
+    UnsupportedMetric,
+    ValidationFailed,
+)
+from app.metrics.registry import METRICS
+from app.openapi import REQUEST_NOT_VALID, problem_responses
 from app.registration import service
 from app.registration.schemas import RegistrationList, RegistrationPublic
 
 router = APIRouter(tags=["registrations"])
 
+
+def _metric_names() -> str:
+    return ", ".join(
+        f"`{spec.name}`" + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
+        for spec in METRICS.values()
+    )
+
+
+# Properties in the order a client should send them: the model comes last, so a wrong metric is
+# refused before the upload is received. Swagger UI sends the form in this order too, prefills
+# each field from `examples` (an empty string is left out of the request), and shows a file
+# picker for `format: binary`.
 _FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["model_file", "metric", "baseline"],
     "properties": {
-        "model_file": {
+        "metric": {
             "type": "string",
-            "format": "binary",
-            "description": "The model: one file (.pkl, .joblib, .onnx, .pt, .pth, .safetensors, "
-            ".h5, .keras, .json, .ubj, .txt, .bin) or an MLflow model folder packed as .zip or "
-            ".tar.gz with an MLmodel file at its root.",
+            "examples": ["auroc"],
+            "description": f"The metric's name, any case: {_metric_names()}. Must be the "
+            "token's benchmark metric when it has one.",
         },
-        "metric": {"type": "string", "example": "auroc", "description": "the metric's name"},
-        "baseline": {"type": "number", "example": 0.82, "description": "the score to beat"},
+        "baseline": {
+            "type": "number",
+            "examples": [0.82],
+            "description": "The score to beat; must equal the token's benchmark baseline when "
+            "it has one.",
+        },
         "metric_value": {
             "type": "number",
-            "example": 0.86,
-            "description": "the candidate's score (send this or `predictions`)",
+            "examples": [0.86],
+            "description": "The candidate's score on the benchmark. Send this or `predictions`.",
+        },
+        "min_improvement": {
+            "type": "number",
+            "minimum": 0,
+            "default": 0,
+            "description": "How much better than the baseline the score must be.",
+        },
+        "model_name": {
+            "type": "string",
+            "default": "",
+            "description": "MLflow registered model name; empty means `hokusai-{TOKEN_ID}`.",
+        },
+        "sha256": {
+            "type": "string",
+            "default": "",
+            "description": "Hex SHA-256 the upload must match; empty means not checked.",
+        },
+        "tags": {
+            "type": "string",
+            "examples": ['{"framework": "sklearn"}'],
+            "description": "JSON object of string to string, copied onto the MLflow run.",
         },
         "predictions": {
             "type": "string",
             "format": "binary",
-            "description": "CSV with y_true and y_pred and/or y_score; the service scores it",
+            "contentMediaType": "text/csv",
+            "description": "Instead of `metric_value`: a CSV with a header of `y_true` and "
+            "`y_pred` and/or `y_score`; the service computes the metric.",
         },
-        "min_improvement": {"type": "number", "default": 0, "minimum": 0},
-        "model_name": {"type": "string", "description": "default: hokusai-{TOKEN_ID}"},
-        "sha256": {"type": "string", "description": "hex digest the upload must match"},
-        "tags": {
+        "model_file": {
             "type": "string",
-            "description": "JSON object of string to string, copied onto the MLflow run",
-            "example": '{"framework": "sklearn"}',
+            "format": "binary",
+            "contentMediaType": "application/octet-stream",
+            "description": "The model: one file (.pkl, .joblib, .onnx, .pt, .pth, .safetensors, "
+            ".h5, .keras, .json, .ubj, .txt, .bin) or an MLflow model folder packed as .zip or "
+            ".tar.gz with an MLmodel file at its root.",
         },
     },
-    # The model comes last, so a wrong metric is refused before the upload is received.
-    "x-field-order": ["metric", "baseline", "metric_value", "model_file"],
 }
+
+_REGISTER_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": _FORM_SCHEMA,
+            "encoding": {
+                "model_file": {"contentType": "application/octet-stream"},
+                "predictions": {"contentType": "text/csv"},
+            },
+        }
+    },
+}
+
+TokenIdPath = Annotated[
+    str,
+    Path(
+        description="the token's id, any case",
+        openapi_examples={"xray": {"summary": "a token id", "value": "XRAY"}},
+    ),
+]
 
 
 @router.post(
     "/models/{token_id}/register",
     status_code=status.HTTP_201_CREATED,
+    summary="Register a model",
+    response_description="The model is registered: the token is now `registered`",
     responses={
-        201: {"headers": {"Location": {"description": "/registrations/{registration_id}"}}},
-        **error_responses(401, 403, 404, 409, 413, 415, 422, 503),
+        201: {
+            "headers": {
+                "Location": {
+                    "description": "`/registrations/{registration_id}`",
+                    "schema": {"type": "string"},
+                }
+            }
+        },
+        **problem_responses(
+            TokenNotFound,
+            TokenNotRegistrable,
+            RegistrationInProgress,
+            (
+                PayloadTooLarge,
+                "the model file is larger than the limit of 2147483648 bytes",
+                {"limit_bytes": 2147483648},
+            ),
+            UnsupportedMediaType,
+            MetricBelowBaseline,
+            UnsupportedMetric,
+            InvalidBaseline,
+            InvalidMetricValue,
+            BenchmarkMismatch,
+            InvalidModelFile,
+            InvalidPredictions,
+            ChecksumMismatch,
+            IdempotencyKeyReused,
+            (
+                ValidationFailed,
+                "send exactly one of 'metric_value' (the score) and 'predictions' (a CSV the "
+                "service scores)",
+            ),
+            InternalError,
+            MlflowFailed,
+            MlflowUnavailable,
+            scope=Scope.MODELS_REGISTER,
+        ),
     },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": _FORM_SCHEMA}},
-        }
-    },
+    openapi_extra={"requestBody": _REGISTER_REQUEST_BODY},
 )
 async def register_model(
-    token_id: str,
+    token_id: TokenIdPath,
     request: Request,
     response: Response,
     principal: ModelsRegister,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=255,
+            description="Optional. The same key with the same request replays the first "
+            "outcome; with a different request it is a 422 `idempotency_key_reused`; while "
+            "the first is still running, a 409 `registration_in_progress`.",
+        ),
+    ] = None,
 ) -> RegistrationPublic:
     """Register a trained model for a draft or failed token (multipart upload).
 
-    The metric is checked (or computed from `predictions`), the upload is checked and streamed
-    to MLflow as a run and a new version of the token's registered model, and the token becomes
-    `registered` together with its `model_registered` and `token_ready_for_deploy` events.
+    Called by the `hokusai` CLI and the site on behalf of a data scientist. The metric is
+    checked against the token's benchmark (or computed from `predictions`), the upload is
+    checked, and the model is logged to MLflow as a run and a new version of the token's
+    registered model; the token becomes `registered` together with its `model_registered` and
+    `token_ready_for_deploy` events. A request refused by a check leaves the token and MLflow
+    as they were; the attempt is kept as a `rejected` registration. Send the text fields before
+    `model_file`: a wrong metric is then refused before the upload is read.
     """
     services: service.RegistrationServices = request.app.state.registration
     result = await service.register(
@@ -89,20 +214,42 @@ async def register_model(
     return result
 
 
-@router.get("/registrations/{registration_id}", responses=error_responses(401, 403, 404))
+@router.get(
+    "/registrations/{registration_id}",
+    summary="Get a registration",
+    responses=problem_responses(RegistrationNotFound, REQUEST_NOT_VALID, scope=Scope.TOKENS_READ),
+)
 async def get_registration(
-    registration_id: str, database: DatabaseDep, _: TokensRead
+    registration_id: Annotated[str, Path(description="the `registration_id` of the attempt")],
+    database: DatabaseDep,
+    _: TokensRead,
 ) -> RegistrationPublic:
-    """Show one registration attempt, whatever its outcome."""
+    """Show one registration attempt, whatever its outcome.
+
+    The `Location` of a registration's 201 points here. A `rejected` or `failed` attempt
+    carries its problem in `error`.
+    """
     return await service.get_registration(database, registration_id)
 
 
-@router.get("/tokens/{token_id}/registrations", responses=error_responses(401, 403, 404, 422))
+@router.get(
+    "/tokens/{token_id}/registrations",
+    summary="List a token's registrations",
+    responses=problem_responses(
+        TokenNotFound,
+        (
+            ValidationFailed,
+            "token_id must be 1-64 characters of A-Z, a-z, 0-9 and '-', with no leading or "
+            "trailing hyphen",
+        ),
+        scope=Scope.TOKENS_READ,
+    ),
+)
 async def list_registrations(
-    token_id: str,
+    token_id: TokenIdPath,
     database: DatabaseDep,
     _: TokensRead,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=200, description="most attempts returned")] = 50,
 ) -> RegistrationList:
-    """List a token's registration attempts, newest first."""
+    """List a token's registration attempts, newest first, rejected and failed ones included."""
     return await service.list_registrations(database, token_id, limit=limit)

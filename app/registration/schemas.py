@@ -5,9 +5,69 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.registration.models import Registration, RegistrationStatus
+
+EXAMPLE_REGISTRATION: dict[str, Any] = {
+    "registration_id": "7d9e2c41-5b0a-4f3e-9c8d-1a2b3c4d5e6f",
+    "token_id": "XRAY",
+    "status": "registered",
+    "model_name": "hokusai-XRAY",
+    "model_version": "3",
+    "model_uri": "models:/hokusai-XRAY/3",
+    "mlflow_run_id": "9f2b6c1d4e8a4b7f9c0d1e2f3a4b5c6d",
+    "metric": {
+        "name": "auroc",
+        "value": 0.86,
+        "baseline": 0.82,
+        "min_improvement": 0.0,
+        "improvement": 0.04,
+        "higher_is_better": True,
+        "passed": True,
+        "source": "reported",
+    },
+    "artifact": {
+        "filename": "model.pkl",
+        "size_bytes": 48213,
+        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "format": "pickle",
+    },
+    "api_schema": None,
+    "tags": {"framework": "sklearn"},
+    "event_ids": [
+        "0b7f4c5e-2d7a-4d8e-9a3b-5f6c7d8e9f01",
+        "1c8a5d6f-3e8b-4e9f-8b4c-6a7d8e9f0a12",
+    ],
+    "error": None,
+    "created_at": "2026-11-27T10:42:05.871000Z",
+    "registered_at": "2026-11-27T10:42:07.123000Z",
+}
+EXAMPLE_REJECTED_REGISTRATION: dict[str, Any] = {
+    **EXAMPLE_REGISTRATION,
+    "registration_id": "2a4c6e8f-0b1d-4f3a-8c5e-7a9b1c3d5e7f",
+    "status": "rejected",
+    "model_name": None,
+    "model_version": None,
+    "model_uri": None,
+    "mlflow_run_id": None,
+    "metric": {
+        **EXAMPLE_REGISTRATION["metric"],
+        "value": 0.8,
+        "improvement": -0.02,
+        "passed": False,
+    },
+    "event_ids": ["2d9b6e7a-4f9c-4a0b-9c5d-7b8e9f0a1b23"],
+    "error": {
+        "type": "https://hokusai.ai/problems/metric_below_baseline",
+        "title": "The model does not beat the baseline",
+        "status": 422,
+        "detail": "auroc 0.8 is below the baseline 0.82 (higher is better)",
+        "code": "metric_below_baseline",
+    },
+    "created_at": "2026-11-27T10:31:12.004000Z",
+    "registered_at": None,
+}
 
 
 class MetricResult(BaseModel):
@@ -32,6 +92,8 @@ class ArtifactResult(BaseModel):
 
 class RegistrationPublic(BaseModel):
     """One registration attempt and its outcome."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_REGISTRATION]})
 
     registration_id: str
     token_id: str
@@ -96,4 +158,12 @@ class RegistrationPublic(BaseModel):
 
 
 class RegistrationList(BaseModel):
+    """A token's registration attempts, newest first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"items": [EXAMPLE_REGISTRATION, EXAMPLE_REJECTED_REGISTRATION]}]
+        }
+    )
+
     items: list[RegistrationPublic]

@@ -16,6 +16,34 @@ TOKEN_ID_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?$"
 _TOKEN_ID = re.compile(TOKEN_ID_PATTERN)
 MAX_METADATA_BYTES = 16 * 1024
 
+EXAMPLE_TOKEN: dict[str, Any] = {
+    "token_id": "XRAY",
+    "name": "Chest X-ray classifier",
+    "status": "registered",
+    "metric": "auroc",
+    "baseline": 0.82,
+    "metric_value": 0.86,
+    "mlflow_run_id": "9f2b6c1d4e8a4b7f9c0d1e2f3a4b5c6d",
+    "model_name": "hokusai-XRAY",
+    "model_version": "3",
+    "model_uri": "models:/hokusai-XRAY/3",
+    "created_at": "2026-11-27T10:40:00.000000Z",
+    "updated_at": "2026-11-27T10:42:07.123000Z",
+    "registered_at": "2026-11-27T10:42:07.123000Z",
+    "metadata": {"team": "radiology"},
+}
+EXAMPLE_DRAFT_TOKEN: dict[str, Any] = {
+    **EXAMPLE_TOKEN,
+    "status": "draft",
+    "metric_value": None,
+    "mlflow_run_id": None,
+    "model_name": None,
+    "model_version": None,
+    "model_uri": None,
+    "updated_at": EXAMPLE_TOKEN["created_at"],
+    "registered_at": None,
+}
+
 
 def normalize_token_id(raw: str) -> str:
     """The canonical (upper-case) token id; `ValidationFailed` for a malformed one."""
@@ -75,6 +103,8 @@ class TokenUpdate(BaseModel):
 class TokenPublic(BaseModel):
     """A token as the API shows it."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_TOKEN]})
+
     token_id: str
     name: str | None
     status: TokenStatus
@@ -111,6 +141,19 @@ class TokenPublic(BaseModel):
 
 
 class TokenPage(BaseModel):
+    """A page of tokens, newest first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [EXAMPLE_TOKEN],
+                    "next_cursor": "WyIyMDI2LTExLTI3VDEwOjQwOjAwKzAwOjAwIiwgIlhSQVkiXQ",
+                }
+            ]
+        }
+    )
+
     items: list[TokenPublic]
     next_cursor: str | None = Field(
         description="pass as `cursor` for the next page; null at the end"

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Path, Query, status
 
+from app.auth.models import Scope
 from app.deps import DatabaseDep, SettingsDep, WebhooksManage
+from app.errors import (
+    DeliveryNotFound,
+    PayloadTooLarge,
+    StaticWebhookReadOnly,
+    WebhookInactive,
+    WebhookNotFound,
+    WebhookUrlNotAllowed,
+)
 from app.events.models import DeliveryStatus
 from app.events.webhooks import service
 from app.events.webhooks.schemas import (
@@ -20,95 +29,207 @@ from app.events.webhooks.schemas import (
     WebhookTestQueued,
     WebhookUpdate,
 )
-from app.openapi import error_responses
+from app.openapi import REQUEST_NOT_VALID, invalid_field, problem_responses
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
+_BAD_URL = invalid_field(
+    "body", "url", msg="Value error, url must be http:// or https://", type_="value_error"
+)
+WebhookIdPath = Annotated[str, Path(description="the webhook endpoint's `id`")]
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(401, 403, 422))
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a webhook endpoint",
+    response_description="The new endpoint with its signing secret (shown only here)",
+    responses=problem_responses(
+        PayloadTooLarge, _BAD_URL, WebhookUrlNotAllowed, scope=Scope.WEBHOOKS_MANAGE
+    ),
+)
 async def create_webhook(
     body: WebhookCreate, database: DatabaseDep, settings: SettingsDep, _: WebhooksManage
 ) -> WebhookCreated:
-    """Register a webhook endpoint; the answer holds its signing secret, shown only this once."""
+    """Register a webhook endpoint; the answer holds its signing secret, shown only this once.
+
+    Events whose type matches `event_types` (`["*"]`: all) are POSTed to `url`, signed per the
+    Standard Webhooks spec and with `X-Hokusai-Signature`. In production the URL must be https;
+    internal addresses are refused unless the service allows them.
+    """
     return await service.create_webhook(database, settings, body)
 
 
-@router.get("", responses=error_responses(401, 403))
+@router.get(
+    "",
+    summary="List webhook endpoints",
+    responses=problem_responses(scope=Scope.WEBHOOKS_MANAGE),
+)
 async def list_webhooks(database: DatabaseDep, _: WebhooksManage) -> WebhookList:
-    """List every webhook endpoint, the static one included."""
+    """List every webhook endpoint, the static one (`HOKUSAI_WEBHOOK_URL`) included."""
     return await service.list_webhooks(database)
 
 
-@router.get("/{webhook_id}", responses=error_responses(401, 403, 404))
-async def get_webhook(webhook_id: str, database: DatabaseDep, _: WebhooksManage) -> WebhookPublic:
-    """Show one webhook endpoint."""
+@router.get(
+    "/{webhook_id}",
+    summary="Get a webhook endpoint",
+    responses=problem_responses(WebhookNotFound, REQUEST_NOT_VALID, scope=Scope.WEBHOOKS_MANAGE),
+)
+async def get_webhook(
+    webhook_id: WebhookIdPath, database: DatabaseDep, _: WebhooksManage
+) -> WebhookPublic:
+    """Show one webhook endpoint (never its secret)."""
     return await service.get_webhook(database, webhook_id)
 
 
-@router.patch("/{webhook_id}", responses=error_responses(401, 403, 404, 409, 422))
+@router.patch(
+    "/{webhook_id}",
+    summary="Change a webhook endpoint",
+    responses=problem_responses(
+        WebhookNotFound,
+        StaticWebhookReadOnly,
+        PayloadTooLarge,
+        _BAD_URL,
+        WebhookUrlNotAllowed,
+        scope=Scope.WEBHOOKS_MANAGE,
+    ),
+)
 async def update_webhook(
-    webhook_id: str,
+    webhook_id: WebhookIdPath,
     body: WebhookUpdate,
     database: DatabaseDep,
     settings: SettingsDep,
     _: WebhooksManage,
 ) -> WebhookPublic:
-    """Change an endpoint's URL, event types, description or active flag."""
+    """Change an endpoint's URL, event types, description or active flag.
+
+    Fields left out stay as they are. Setting `active` to true again clears the
+    `disabled_reason` of an endpoint the service switched off after a 410. The static endpoint
+    is read-only (409).
+    """
     return await service.update_webhook(database, settings, webhook_id, body)
 
 
-@router.post("/{webhook_id}/rotate-secret", responses=error_responses(401, 403, 404, 409, 422))
+@router.post(
+    "/{webhook_id}/rotate-secret",
+    summary="Rotate a webhook's signing secret",
+    response_description="The endpoint with its new signing secret (shown only here)",
+    responses=problem_responses(
+        WebhookNotFound,
+        StaticWebhookReadOnly,
+        PayloadTooLarge,
+        invalid_field(
+            "body",
+            "overlap_seconds",
+            msg="Input should be less than or equal to 604800",
+            type_="less_than_equal",
+        ),
+        scope=Scope.WEBHOOKS_MANAGE,
+    ),
+)
 async def rotate_webhook_secret(
-    webhook_id: str,
+    webhook_id: WebhookIdPath,
     database: DatabaseDep,
     _: WebhooksManage,
     body: WebhookRotateSecret | None = None,
 ) -> WebhookCreated:
-    """Switch to a new signing secret, shown only this once; the old one signs too for a while."""
+    """Switch to a new signing secret, shown only this once; the old one signs too for a while.
+
+    During `overlap_seconds` (default one day) each delivery carries a signature made with each
+    secret, so the receiver can switch over without dropping events. The body is optional.
+    """
     return await service.rotate_secret(database, webhook_id, body or WebhookRotateSecret())
 
 
 @router.delete(
     "/{webhook_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 403, 404, 409),
+    summary="Delete a webhook endpoint",
+    response_description="Deleted",
+    responses=problem_responses(
+        WebhookNotFound, StaticWebhookReadOnly, REQUEST_NOT_VALID, scope=Scope.WEBHOOKS_MANAGE
+    ),
 )
-async def delete_webhook(webhook_id: str, database: DatabaseDep, _: WebhooksManage) -> None:
-    """Delete an endpoint together with its deliveries."""
+async def delete_webhook(
+    webhook_id: WebhookIdPath, database: DatabaseDep, _: WebhooksManage
+) -> None:
+    """Delete an endpoint together with its deliveries; the static endpoint cannot be deleted."""
     await service.delete_webhook(database, webhook_id)
 
 
-@router.get("/{webhook_id}/deliveries", responses=error_responses(401, 403, 404, 422))
+@router.get(
+    "/{webhook_id}/deliveries",
+    summary="List a webhook's deliveries",
+    responses=problem_responses(
+        WebhookNotFound,
+        invalid_field(
+            "query",
+            "status",
+            msg="Input should be 'pending', 'delivered' or 'dead'",
+            type_="enum",
+        ),
+        scope=Scope.WEBHOOKS_MANAGE,
+    ),
+)
 async def list_deliveries(
-    webhook_id: str,
+    webhook_id: WebhookIdPath,
     database: DatabaseDep,
     _: WebhooksManage,
-    status: DeliveryStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=service.MAX_DELIVERIES_PAGE)] = 50,
+    status: Annotated[
+        DeliveryStatus | None, Query(description="only deliveries in this status")
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=service.MAX_DELIVERIES_PAGE, description="most deliveries returned")
+    ] = 50,
 ) -> DeliveryList:
-    """List an endpoint's deliveries, newest first, each with its attempts."""
+    """List an endpoint's deliveries, newest first, each with its attempts.
+
+    One delivery per event and endpoint; `attempt_log` shows every try with its status code or
+    error, for debugging a receiver.
+    """
     return await service.list_deliveries(database, webhook_id, status=status, limit=limit)
 
 
 @router.post(
     "/{webhook_id}/deliveries/{delivery_id}/retry",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=error_responses(401, 403, 404, 409),
+    summary="Retry a delivery",
+    response_description="The delivery, due now; the dispatcher sends it shortly",
+    responses=problem_responses(
+        WebhookNotFound,
+        DeliveryNotFound,
+        WebhookInactive,
+        REQUEST_NOT_VALID,
+        scope=Scope.WEBHOOKS_MANAGE,
+    ),
 )
 async def retry_delivery(
-    webhook_id: str, delivery_id: str, database: DatabaseDep, _: WebhooksManage
+    webhook_id: WebhookIdPath,
+    delivery_id: Annotated[str, Path(description="the delivery's `id`")],
+    database: DatabaseDep,
+    _: WebhooksManage,
 ) -> DeliveryPublic:
-    """Send a delivery again now, even a dead one; its attempt count carries on."""
+    """Send a delivery again now, even a dead one; its attempt count carries on.
+
+    The endpoint must be active (409 `webhook_inactive` otherwise), except for `ping`
+    deliveries. The receiver may see the event again: `webhook-id` stays the same.
+    """
     return await service.retry_delivery(database, webhook_id, delivery_id)
 
 
 @router.post(
     "/{webhook_id}/test",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=error_responses(401, 403, 404),
+    summary="Send a test ping",
+    response_description="The `ping` event is queued for this endpoint",
+    responses=problem_responses(WebhookNotFound, REQUEST_NOT_VALID, scope=Scope.WEBHOOKS_MANAGE),
 )
 async def ping_webhook(
-    webhook_id: str, database: DatabaseDep, _: WebhooksManage
+    webhook_id: WebhookIdPath, database: DatabaseDep, _: WebhooksManage
 ) -> WebhookTestQueued:
-    """Queue a `ping` event for this endpoint alone."""
+    """Queue a `ping` event for this endpoint alone, even an inactive one.
+
+    Use it to check a receiver's URL and signature verification; the outcome shows in the
+    endpoint's deliveries.
+    """
     return await service.send_test(database, webhook_id)

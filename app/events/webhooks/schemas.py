@@ -6,7 +6,7 @@ import base64
 import binascii
 import datetime as dt
 import secrets
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,6 +30,52 @@ MAX_SECRET_BYTES = 64
 ALL_EVENTS = "*"
 DEFAULT_OVERLAP_SECONDS = 24 * 3600
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
+EXAMPLE_WEBHOOK: dict[str, Any] = {
+    "id": "5b1e8f2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+    "url": "https://site.example/hooks/hokusai",
+    "event_types": ["model_registered", "token_ready_for_deploy"],
+    "description": "the site's deploy trigger",
+    "active": True,
+    "disabled_reason": None,
+    "is_static": False,
+    "previous_secret_expires_at": None,
+    "created_at": "2026-11-27T09:00:00.000000Z",
+    "updated_at": "2026-11-27T09:00:00.000000Z",
+}
+EXAMPLE_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2c3wZs8Q4Y0="
+EXAMPLE_DELIVERY: dict[str, Any] = {
+    "id": "c3d4e5f6-a7b8-4c9d-8e0f-1a2b3c4d5e6f",
+    "event_id": "0b7f4c5e-2d7a-4d8e-9a3b-5f6c7d8e9f01",
+    "event_type": "model_registered",
+    "status": "delivered",
+    "attempts": 2,
+    "last_status_code": 200,
+    "last_error": None,
+    "next_attempt_at": None,
+    "delivered_at": "2026-11-27T10:42:13.402000Z",
+    "last_attempt_at": "2026-11-27T10:42:13.380000Z",
+    "created_at": "2026-11-27T10:42:07.123000Z",
+    "attempt_log": [
+        {
+            "attempt": 1,
+            "started_at": "2026-11-27T10:42:07.310000Z",
+            "duration_ms": 10003.4,
+            "status_code": None,
+            "error": "timeout (no answer within 10 s)",
+            "response_excerpt": None,
+            "outcome": "retry",
+        },
+        {
+            "attempt": 2,
+            "started_at": "2026-11-27T10:42:13.380000Z",
+            "duration_ms": 21.7,
+            "status_code": 200,
+            "error": None,
+            "response_excerpt": "ok",
+            "outcome": "delivered",
+        },
+    ],
+}
 KNOWN_EVENT_TYPES = tuple(
     value for name, value in vars(EventType).items() if name.isupper() and isinstance(value, str)
 )
@@ -181,6 +227,8 @@ class WebhookRotateSecret(BaseModel):
 class WebhookPublic(BaseModel):
     """A webhook endpoint as the API shows it (never with its secret)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_WEBHOOK]})
+
     id: str
     url: str
     event_types: list[str]
@@ -219,10 +267,18 @@ class WebhookPublic(BaseModel):
 class WebhookCreated(WebhookPublic):
     """The new endpoint, with the signing secret: the only time the API shows it."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{**EXAMPLE_WEBHOOK, "secret": EXAMPLE_SECRET}]}
+    )
+
     secret: str
 
 
 class WebhookList(BaseModel):
+    """Every webhook endpoint."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [EXAMPLE_WEBHOOK]}]})
+
     items: list[WebhookPublic]
 
 
@@ -252,6 +308,8 @@ class DeliveryAttemptPublic(BaseModel):
 
 class DeliveryPublic(BaseModel):
     """One event on its way to one endpoint, with every attempt so far."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_DELIVERY]})
 
     id: str
     event_id: str
@@ -285,11 +343,26 @@ class DeliveryPublic(BaseModel):
 
 
 class DeliveryList(BaseModel):
+    """An endpoint's deliveries, newest first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [EXAMPLE_DELIVERY]}]})
+
     items: list[DeliveryPublic]
 
 
 class WebhookTestQueued(BaseModel):
     """The `ping` event written for the endpoint; the dispatcher sends it to that endpoint alone."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "3e0c7f8b-5a0d-4b1c-8d6e-8c9f0a1b2c34",
+                    "webhook_id": EXAMPLE_WEBHOOK["id"],
+                }
+            ]
+        }
+    )
 
     event_id: str
     webhook_id: str
