@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import sqlite_driver
 from app.errors import DatabaseUnavailable
 
 # Set before any table is declared, so constraint names are stable across SQLite and PostgreSQL.
@@ -122,7 +123,9 @@ READ_ONLY_OPTION = "hokusai_read_only"
 def create_engine_for(raw_url: str, *, pool_size: int = 10) -> AsyncEngine:
     url = async_url(raw_url)
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url, module=sqlite_driver.dbapi(), connect_args={"timeout": 30}
+        )
         _configure_sqlite(engine.sync_engine)
         return engine
     return create_async_engine(
