@@ -1,0 +1,176 @@
+"""Large models: the server's peak memory and the time of a registration against `cp`.
+
+Starts `hokusai-registry serve` on a fresh data folder (embedded defaults), registers a 1 MiB model
+to warm it up, and takes its resident memory then as the idle level. Then, for each size, it
+registers a model streamed from a file on disk and reads from /proc:
+- the server's peak resident memory during that registration (the peak is reset before each one),
+- the bytes the server moved through system calls (socket reads count as reads),
+and times `cp` of the same file on the same disk for comparison.
+
+    .venv/bin/python benchmarks/large_upload.py [--sizes 10,100,1024]   (MiB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.harness import (
+    migrate_and_create_key,
+    print_machine,
+    serve,
+    service_env,
+    stop,
+    wait_ready,
+)
+
+MIB = 1024 * 1024
+# A protocol 5 pickle header: the service checks the head of the file, not the rest.
+PICKLE_HEAD = b"\x80\x05\x95"
+
+
+@dataclass
+class Figures:
+    size_mib: int
+    seconds: float
+    cp_seconds: float
+    peak_over_idle_mib: float
+    read_mib: float
+    written_mib: float
+
+
+def _proc_status(pid: int, field: str) -> int:
+    """A `VmRSS`/`VmHWM`-style field of /proc/PID/status, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _proc_io(pid: int) -> dict[str, int]:
+    pairs = (line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return {key: int(value) for key, value in pairs}
+
+
+def _reset_peak(pid: int) -> bool:
+    """Reset the process's peak resident memory (VmHWM) to its current level, where allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _write_model(path: Path, size: int) -> None:
+    chunk = 16 * MIB
+    with path.open("wb") as file:
+        file.write(PICKLE_HEAD)
+        left = size - len(PICKLE_HEAD)
+        while left > 0:
+            file.write(os.urandom(min(chunk, left)))
+            left -= chunk
+
+
+def _register(client: httpx.Client, path: Path) -> float:
+    token_id = f"BIG-{uuid.uuid4().hex[:8].upper()}"
+    client.post("/tokens", json={"token_id": token_id}).raise_for_status()
+    began = time.perf_counter()
+    with path.open("rb") as file:
+        response = client.post(
+            f"/models/{token_id}/register",
+            data={"metric": "auroc", "baseline": "0.82", "metric_value": "0.86"},
+            files={"model_file": ("model.pkl", file, "application/octet-stream")},
+        )
+    elapsed = time.perf_counter() - began
+    if response.status_code != 201:
+        raise SystemExit(f"registration failed: {response.status_code} {response.text}")
+    return elapsed
+
+
+def _cp_seconds(path: Path) -> float:
+    target = path.with_suffix(".copy")
+    began = time.perf_counter()
+    subprocess.run(["cp", str(path), str(target)], check=True)
+    elapsed = time.perf_counter() - began
+    target.unlink()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,1024", help="model sizes in MiB")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+
+    results: list[Figures] = []
+    with tempfile.TemporaryDirectory(prefix="hokusai-bench-") as tmp:
+        root = Path(tmp)
+        env = service_env(str(root / "service"), HOKUSAI_MAX_UPLOAD_BYTES=str(2 * max(sizes) * MIB))
+        key = migrate_and_create_key(env)
+        server, url = serve(env)
+        try:
+            wait_ready(url, server)
+            with httpx.Client(
+                base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600
+            ) as client:
+                warmup = root / "warmup.pkl"
+                _write_model(warmup, MIB)
+                _register(client, warmup)
+                time.sleep(1)
+                idle = _proc_status(server.pid, "VmRSS")
+                resettable = _reset_peak(server.pid)
+                for size in sizes:
+                    path = root / f"model-{size}.pkl"
+                    _write_model(path, size * MIB)
+                    # Both start with no dirty pages waiting to be written back.
+                    os.sync()
+                    cp_seconds = _cp_seconds(path)
+                    os.sync()
+                    _reset_peak(server.pid)
+                    before = _proc_io(server.pid)
+                    seconds = _register(client, path)
+                    after = _proc_io(server.pid)
+                    peak = _proc_status(server.pid, "VmHWM")
+                    results.append(
+                        Figures(
+                            size_mib=size,
+                            seconds=seconds,
+                            cp_seconds=cp_seconds,
+                            peak_over_idle_mib=(peak - idle) / MIB,
+                            read_mib=(after["rchar"] - before["rchar"]) / MIB,
+                            written_mib=(after["wchar"] - before["wchar"]) / MIB,
+                        )
+                    )
+                    path.unlink()
+        finally:
+            stop(server)
+
+    print_machine()
+    print(f"server idle resident memory (after a warm-up registration): {idle / MIB:.1f} MiB")
+    if not resettable:
+        print("note: the peak could not be reset here; each peak is the highest so far")
+    print(
+        f"{'model':>8} {'register':>9} {'cp':>7} {'ratio':>6} {'peak over idle':>15} "
+        f"{'server read':>12} {'server wrote':>13}"
+    )
+    for r in results:
+        print(
+            f"{r.size_mib:>4} MiB {r.seconds:>8.2f}s {r.cp_seconds:>6.2f}s "
+            f"{r.seconds / r.cp_seconds:>6.2f} {r.peak_over_idle_mib:>11.1f} MiB "
+            f"{r.read_mib:>8.0f} MiB {r.written_mib:>9.0f} MiB"
+        )
+    print("targets: peak over idle <= 64 MiB at 1 GiB; 1 GiB registration <= 2.5 x cp")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The service's overhead over MLflow: a 1 MiB registration over HTTP against the same MLflow work
+done directly with the MLflow client in one process.
+
+Both sides use the embedded defaults (MLflow's SQLite store with local artifacts, on the same disk)
+and run alternately in one benchmark, so machine noise hits both alike. The direct side does what
+the service does in MLflow for one registration: a run with the same tags, the metric, the model
+file logged as an artifact, a registered model, a model version, the `registered` alias and the
+run finished. The service side is the whole request as a client sees it: the multipart upload over
+HTTP, every check, the MLflow work, and the transaction that commits the token and its events.
+
+    .venv/bin/python benchmarks/overhead.py [--runs 30] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.harness import (
+    BIN,
+    free_port,
+    migrate_and_create_key,
+    percentile,
+    print_machine,
+    service_env,
+    stop,
+    wait_ready,
+)
+
+MIB = 1024 * 1024
+
+
+def _model(seed: int) -> bytes:
+    # Distinct bytes per registration, so nothing can be deduplicated or cached.
+    return pickle.dumps({"seed": seed, "weights": os.urandom(MIB - 64)}, protocol=5)
+
+
+class DirectMlflow:
+    """The service's MLflow work for one registration, done with the MLflow client directly."""
+
+    def __init__(self, root: Path) -> None:
+        from mlflow import MlflowClient
+
+        self.root = root
+        self.client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+        self.experiment_id = self.client.create_experiment(
+            "direct", artifact_location=(root / "artifacts").as_uri()
+        )
+
+    def register(self, token_id: str, model: bytes) -> float:
+        # The file is on disk before the clock starts: the service receives it before MLflow.
+        folder = self.root / "uploads" / token_id
+        folder.mkdir(parents=True)
+        path = folder / "model.pkl"
+        path.write_bytes(model)
+        client = self.client
+        name = f"hokusai-{token_id}"
+        began = time.perf_counter()
+        run = client.create_run(
+            self.experiment_id,
+            run_name=token_id,
+            tags={
+                "hokusai.token_id": token_id,
+                "hokusai.metric": "auroc",
+                "hokusai.baseline": "0.82",
+                "hokusai.metric_value": "0.86",
+            },
+        )
+        run_id = run.info.run_id
+        client.log_metric(run_id, "auroc", 0.86, step=0)
+        client.log_artifact(run_id, str(path), artifact_path="model")
+        client.create_registered_model(name)
+        version = client.create_model_version(
+            name,
+            f"runs:/{run_id}/model",
+            run_id=run_id,
+            tags={"hokusai_token_id": token_id, "benchmark_metric": "auroc"},
+            await_creation_for=0,
+        )
+        client.set_registered_model_alias(name, "registered", version.version)
+        client.set_terminated(run_id, status="FINISHED")
+        return time.perf_counter() - began
+
+
+def _register_over_http(client: httpx.Client, token_id: str, model: bytes) -> float:
+    client.post("/tokens", json={"token_id": token_id}).raise_for_status()
+    began = time.perf_counter()
+    response = client.post(
+        f"/models/{token_id}/register",
+        data={"metric": "auroc", "baseline": "0.82", "metric_value": "0.86"},
+        files={"model_file": ("model.pkl", model, "application/octet-stream")},
+    )
+    elapsed = time.perf_counter() - began
+    if response.status_code != 201:
+        raise SystemExit(f"registration failed: {response.status_code} {response.text}")
+    return elapsed
+
+
+def _step_medians(log_path: Path, skip: int) -> dict[str, float]:
+    """Median duration of each `registration_step` the server logged, after `skip` warm-ups."""
+    steps: dict[str, list[float]] = defaultdict(list)
+    for line in log_path.read_text().splitlines():
+        if '"registration_step"' not in line:
+            continue
+        event = json.loads(line)
+        steps[event["step"]].append(event["duration_ms"])
+    return {name: statistics.median(values[skip:]) for name, values in steps.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hokusai-bench-") as tmp:
+        root = Path(tmp)
+        env = service_env(str(root / "service"), HOKUSAI_LOG_LEVEL="INFO", HOKUSAI_LOG_JSON="true")
+        key = migrate_and_create_key(env)
+        port = free_port()
+        log_path = root / "server.log"
+        with log_path.open("wb") as log_file:
+            import subprocess
+
+            server = subprocess.Popen(
+                [BIN / "hokusai-registry", "serve", "--port", str(port), "--no-migrate"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+        direct = DirectMlflow(root / "direct")
+        served: list[float] = []
+        done_directly: list[float] = []
+        try:
+            wait_ready(url, server)
+            with httpx.Client(
+                base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120
+            ) as client:
+                for i in range(args.warmup + args.runs):
+                    token_id = f"OVH-{uuid.uuid4().hex[:8].upper()}"
+                    model = _model(i)
+                    http_s = _register_over_http(client, token_id, model)
+                    direct_s = direct.register(token_id, model)
+                    if i >= args.warmup:
+                        served.append(http_s)
+                        done_directly.append(direct_s)
+        finally:
+            stop(server)
+        steps = _step_medians(log_path, args.warmup)
+
+    service_ms = statistics.median(served) * 1000
+    direct_ms = statistics.median(done_directly) * 1000
+    print_machine()
+    print(f"1 MiB registrations: {args.runs} each side, alternating (after {args.warmup} warm-up)")
+    print(
+        f"service over HTTP:  median {service_ms:.1f} ms, "
+        f"p90 {percentile(served, 0.9) * 1000:.1f} ms"
+    )
+    print(
+        f"MLflow client only: median {direct_ms:.1f} ms, "
+        f"p90 {percentile(done_directly, 0.9) * 1000:.1f} ms"
+    )
+    print(f"overhead ratio: {service_ms / direct_ms:.2f} (target <= 1.3)")
+    print("service steps (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+
+
+if __name__ == "__main__":
+    main()
