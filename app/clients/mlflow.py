@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ import structlog
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
+from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.logging_utils import MlflowFormatter
 
 from app.errors import MlflowUnavailable
@@ -238,6 +240,8 @@ class MlflowRegistry:
         self._lock = threading.Lock()
         self._client_instance: MlflowClient | None = None
         self._experiment_id: str | None = None
+        # Run id -> artifact URI of the runs this process created and has not logged to yet.
+        self._artifact_uris: dict[str, str] = {}
         _configure_http(request_timeout)
 
     # plumbing -----------------------------------------------------------------------------------
@@ -389,6 +393,7 @@ class MlflowRegistry:
 
         def create(client: MlflowClient) -> str:
             run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+            self._artifact_uris[str(run.info.run_id)] = str(run.info.artifact_uri)
             return str(run.info.run_id)
 
         def recover(client: MlflowClient) -> str | None:
@@ -415,6 +420,8 @@ class MlflowRegistry:
         """Upload one file under the run's `model/` artifact path."""
         if not path.is_file():
             raise MlflowError(f"not a file: {path}")
+        if self._link_into_local_store(run_id, path):
+            return
         self._call(
             "log_artifact",
             lambda c: c.log_artifact(run_id, str(path), artifact_path=ARTIFACT_PATH),
@@ -425,11 +432,47 @@ class MlflowRegistry:
         """Upload a directory's contents under the run's `model/` artifact path."""
         if not directory.is_dir():
             raise MlflowError(f"not a directory: {directory}")
+        if self._link_into_local_store(run_id, directory):
+            return
         self._call(
             "log_artifacts",
             lambda c: c.log_artifacts(run_id, str(directory), artifact_path=ARTIFACT_PATH),
             run_id=run_id,
         )
+
+    def _link_into_local_store(self, run_id: str, source: Path) -> bool:
+        """Place the upload in a local artifact store by hard links instead of a copy.
+
+        MLflow's local store copies a logged file into the run's artifact folder, so a large model
+        would be written to disk twice. When the run's artifacts live in a local folder on the
+        same file system as the upload, a hard link gives the same layout (`model/<name>`)
+        without writing the bytes again; the upload's own name is removed afterwards and the
+        artifact keeps them. Anywhere else (a tracking server, object storage, another disk) the
+        caller falls back to MLflow's own upload. Returns whether the file(s) were placed.
+        """
+        artifact_uri = self._artifact_uris.pop(run_id, None)
+        if artifact_uri is None or not artifact_uri.startswith("file:"):
+            return False
+        target = Path(local_file_uri_to_path(artifact_uri)) / ARTIFACT_PATH
+        started = time.perf_counter()
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            if source.is_file():
+                os.link(source, target / source.name)
+            else:
+                shutil.copytree(source, target, copy_function=os.link, dirs_exist_ok=True)
+        except OSError as e:
+            # Another file system (EXDEV) or no hard links there: MLflow copies instead.
+            log.info("mlflow_artifact_link_skipped", run_id=run_id, error=_describe(e))
+            shutil.rmtree(target, ignore_errors=True)
+            return False
+        log.info(
+            "mlflow_call",
+            op="link_artifacts",
+            run_id=run_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return True
 
     def register_version(
         self, *, run_id: str, model_name: str, tags: Mapping[str, str]
@@ -504,6 +547,7 @@ class MlflowRegistry:
             return True
 
         if run_id is not None:
+            self._artifact_uris.pop(run_id, None)
             error = (
                 reason if len(reason) <= _ERROR_TAG_MAX else reason[: _ERROR_TAG_MAX - 3] + "..."
             )
