@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.logging_utils import MlflowFormatter
 
+from app import observability
 from app.errors import MlflowUnavailable
 
 EXPERIMENT_NAME = "hokusai-registrations"
@@ -300,6 +301,9 @@ class MlflowRegistry:
                         result = found if found is not None else fn(client)
                     except Exception as e:
                         transient = is_transient(e)
+                        observability.MLFLOW_CALL_SECONDS.labels(
+                            op, "transient" if transient else "error"
+                        ).observe(time.perf_counter() - t0)
                         # stamina logs each scheduled retry itself; a final failure is logged below.
                         (log.info if transient else log.warning)(
                             "mlflow_call_failed",
@@ -311,6 +315,9 @@ class MlflowRegistry:
                             error=_describe(e),
                         )
                         raise
+                    observability.MLFLOW_CALL_SECONDS.labels(op, "ok").observe(
+                        time.perf_counter() - t0
+                    )
                     (log.debug if quiet else log.info)(
                         "mlflow_call",
                         op=op,
@@ -325,6 +332,7 @@ class MlflowRegistry:
         except Exception as e:
             elapsed = time.monotonic() - started
             if is_transient(e):
+                observability.MLFLOW_UNAVAILABLE.labels(op).inc()
                 log.error(
                     "mlflow_unavailable",
                     op=op,

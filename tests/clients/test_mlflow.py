@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import http.server
 import json
 import logging
+import os
 import shutil
 import socket
 import sqlite3
@@ -28,6 +30,7 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
 )
+from mlflow.utils.file_utils import local_file_uri_to_path
 
 from app.clients.mlflow import (
     EXPERIMENT_NAME,
@@ -184,6 +187,11 @@ def register(
     return run_id, ref
 
 
+def artifact_dir(reader: MlflowClient, run_id: str) -> Path:
+    """Where a run's artifacts lie in a local store."""
+    return Path(local_file_uri_to_path(reader.get_run(run_id).info.artifact_uri))
+
+
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "model.pkl"
@@ -312,6 +320,37 @@ class TestHappyPath:
         assert listed == {"model/MLmodel", "model/data"}
         nested = Path(reader.download_artifacts(run_id, "model/data/weights.bin", str(tmp_path)))
         assert nested.read_bytes() == b"\x00\x01\x02"
+
+    def test_a_local_store_gets_the_upload_by_hard_link_not_a_copy(
+        self, registry: MlflowRegistry, reader: MlflowClient, model_file: Path, tmp_path: Path
+    ) -> None:
+        run_id = registry.start_run(run_name="link", tags=run_tags())
+
+        registry.log_model_file(run_id, model_file)
+
+        stored = artifact_dir(reader, run_id) / "model" / "model.pkl"
+        assert stored.stat().st_ino == model_file.stat().st_ino
+        model_file.unlink()  # the service removes its upload folder afterwards
+        assert stored.read_bytes() == b"\x80\x04pickled-model-bytes"
+
+    def test_falls_back_to_mlflow_when_the_store_is_on_another_file_system(
+        self,
+        registry: MlflowRegistry,
+        reader: MlflowClient,
+        model_file: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        def cross_device(src: object, dst: object) -> None:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "link", cross_device)
+        run_id = registry.start_run(run_name="copy", tags=run_tags())
+
+        registry.log_model_file(run_id, model_file)
+
+        stored = artifact_dir(reader, run_id) / "model" / "model.pkl"
+        assert stored.stat().st_ino != model_file.stat().st_ino
+        assert stored.read_bytes() == model_file.read_bytes()
 
     def test_next_registration_gets_the_next_version_and_the_alias(
         self, registry: MlflowRegistry, reader: MlflowClient, model_file: Path
