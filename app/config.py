@@ -116,6 +116,21 @@ class Settings(BaseSettings):
     )
     redis_stream_maxlen: int = Field(default=100_000, gt=0)
 
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="serve the Prometheus metrics of a `hokusai-registry worker` (deliveries, "
+        "backlog) on this port, on the HOST address; off by default. API processes serve "
+        "theirs at /metrics",
+    )
+    metrics_refresh_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="how often each process recounts the delivery backlog for /metrics",
+    )
+
     log_level: str = "INFO"
     log_json: bool | None = Field(
         default=None, description="default: JSON logs except in development"

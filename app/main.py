@@ -20,6 +20,7 @@ from app.events.router import router as feed_router
 from app.events.webhooks.router import router as webhooks_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware, RequestLimitsMiddleware
+from app.observability import refreshing_backlog
 from app.openapi import Problem
 from app.registration.recovery import recovery_loop
 from app.registration.router import router as registration_router
@@ -85,6 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     dispatching(settings, database)
                 )
             await stack.enter_async_context(recovery_loop(app.state.registration))
+            await stack.enter_async_context(
+                refreshing_backlog(database, every=settings.metrics_refresh_seconds)
+            )
             yield
         log.info("service_stopped")
 

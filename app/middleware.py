@@ -1,16 +1,19 @@
-"""Per-request context (a request id on every response and log line) and request size limits."""
+"""Per-request context (a request id on every response and log line, the HTTP metrics) and request
+size limits."""
 
 from __future__ import annotations
 
 import re
 import time
 import uuid
+import weakref
 
 import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import observability
 from app.errors import (
     AppError,
     PayloadTooLarge,
@@ -26,10 +29,17 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _QUIET_PATHS = frozenset({"/health", "/ready"})
 # The one route taking multipart uploads; it enforces its own limits while streaming to disk.
 _UPLOAD_PATH = re.compile(r"/models/[^/]+/register")
+# Metric labels take bounded values: anything else is counted as one of these.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
 
 
 class RequestContextMiddleware:
-    """Pure ASGI (no body buffering), so streamed uploads pass straight through."""
+    """Pure ASGI (no body buffering), so streamed uploads pass straight through.
+
+    The outermost of the service's middleware, so its count and timing include the requests the
+    limits refuse (413, 431) and the whole streamed upload of a registration.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -45,6 +55,9 @@ class RequestContextMiddleware:
         )
         started = time.perf_counter()
         status_code = 500
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        in_progress = observability.HTTP_IN_PROGRESS.labels(method)
+        in_progress.inc()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status_code
@@ -60,12 +73,53 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            duration = time.perf_counter() - started
+            in_progress.dec()
+            labels = (route_template(scope), method, str(status_code))
+            observability.HTTP_REQUESTS.labels(*labels).inc()
+            observability.HTTP_REQUEST_SECONDS.labels(*labels).observe(duration)
             if scope["path"] not in _QUIET_PATHS:
                 log.info(
                     "request_finished",
                     status=status_code,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(duration * 1000, 2),
                 )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template, never the raw path: metric labels stay bounded."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str) and path:
+        return path
+    # Refused before routing (413, 431), or nothing matched (404): look the path up among the
+    # documented operations.
+    for pattern, template in _templates(scope.get("app")):
+        if pattern.fullmatch(scope["path"]):
+            return template
+    return UNMATCHED_ROUTE
+
+
+_TEMPLATES: weakref.WeakKeyDictionary[object, list[tuple[re.Pattern[str], str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _templates(app: object) -> list[tuple[re.Pattern[str], str]]:
+    """The app's path templates as patterns, the most literal first; built once per app."""
+    if app is None:
+        return []
+    found = _TEMPLATES.get(app)
+    if found is None:
+        try:
+            paths = list(app.openapi()["paths"])  # type: ignore[attr-defined]
+        except Exception:  # not a FastAPI app, or no schema: nothing to match against
+            paths = []
+        found = [
+            (re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path))), path)
+            for path in sorted(paths, key=lambda p: (p.count("{"), p))
+        ]
+        _TEMPLATES[app] = found
+    return found
 
 
 def _request_id(scope: Scope) -> str:

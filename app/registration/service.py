@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 
+from app import observability
 from app.auth.service import Principal
 from app.clients.mlflow import MlflowError, MlflowRegistry
 from app.config import Environment, Settings
@@ -352,6 +353,8 @@ def _replay(previous: Registration, fingerprint: str) -> RegistrationPublic:
             extra={"registration_id": previous.id},
         )
     log.info("registration_replayed", previous_registration_id=previous.id)
+    replayed_code = str((previous.error or {}).get("code", ""))
+    observability.REGISTRATIONS.labels("replayed", replayed_code).inc()
     if previous.status == RegistrationStatus.REGISTERED:
         return RegistrationPublic.of(previous)
     raise StoredProblem({**(previous.error or {}), "registration_id": previous.id})
@@ -680,6 +683,7 @@ async def commit_registration(database: Database, row: Registration) -> Registra
         row.response_status = 201
         row.error = None
         await session.merge(row)
+    observability.REGISTRATIONS.labels("registered", "").inc()
     return RegistrationPublic.of(row)
 
 
@@ -721,6 +725,7 @@ async def _record_rejection(database: Database, attempt: Attempt, error: AppErro
         # The refusal stands even if recording it failed (e.g. the database is down).
         log.warning("rejection_not_recorded", code=error.code)
     error.extra.setdefault("registration_id", attempt.id)
+    observability.REGISTRATIONS.labels("rejected", error.code).inc()
     log.info("registration_rejected", code=error.code, detail=error.detail)
 
 
@@ -729,6 +734,7 @@ async def _fail(services: RegistrationServices, attempt: Attempt, error: BaseExc
     if await _committed_anyway(services.database, attempt):
         # The commit went through but its acknowledgement was lost: nothing to undo.
         log.warning("registration_commit_unacknowledged", mlflow_run_id=attempt.run_id)
+        observability.REGISTRATIONS.labels("registered", "").inc()
         return
     client_error = _client_error(error)
     problem = client_error.problem()
@@ -823,6 +829,7 @@ async def record_failure(
             row.updated_at = utcnow()
             row.response_status = response_status
             await session.merge(row)
+    observability.REGISTRATIONS.labels("failed", str(problem["code"])).inc()
     return True
 
 

@@ -20,6 +20,7 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 
+from app import observability
 from app.errors import (
     AppError,
     InvalidModelFile,
@@ -229,6 +230,10 @@ async def receive_form(
     finally:
         model.close()
         predictions.close()
+        # Counted once per part, whatever stopped the body: not a lock per chunk.
+        observability.UPLOAD_BYTES.labels("model").inc(model.size)
+        if predictions.size:
+            observability.UPLOAD_BYTES.labels("predictions").inc(predictions.size)
 
     if not model.done:
         raise InvalidModelFile(
@@ -236,6 +241,7 @@ async def receive_form(
             if model.filename is None
             else "the model file part is incomplete"
         )
+    observability.MODEL_UPLOAD_SIZE.observe(model.size)
     return RegistrationForm(
         fields=fields,
         model=model.received(),
