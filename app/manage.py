@@ -104,9 +104,15 @@ def _worker(_args: argparse.Namespace) -> None:
     from app.events.dispatcher import dispatching
     from app.events.listener import listen_for_events
     from app.logging import configure_logging
+    from app.observability import refreshing_backlog
 
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.json_logs)
+    if settings.worker_metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        host = os.environ.get("HOST", "127.0.0.1")
+        start_http_server(settings.worker_metrics_port, addr=host)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -115,7 +121,13 @@ def _worker(_args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
         database = Database(settings.resolved_database_url)
         try:
-            async with listen_for_events(database), dispatching(settings, database):
+            async with (
+                listen_for_events(database),
+                dispatching(settings, database),
+                refreshing_backlog(database, every=settings.metrics_refresh_seconds),
+            ):
+                # Leaving the block stops the dispatcher, which lets the deliveries in flight
+                # finish and records them before the process exits.
                 await stop.wait()
         finally:
             await database.dispose()
