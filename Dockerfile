@@ -40,5 +40,10 @@ VOLUME ["/srv/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health\", timeout=4)"]
+# On SIGTERM, `serve` stops accepting connections, lets the requests in flight finish (at most
+# HOKUSAI_SHUTDOWN_GRACE_SECONDS, default 90) and exits 0; `worker` finishes its deliveries in
+# flight. Give the container a longer stop timeout than that (docker stop -t / stop_grace_period).
+# Exec form, so the signal reaches the Python process itself (PID 1), not a shell.
+STOPSIGNAL SIGTERM
 # Migrations run as their own step (`hokusai-registry migrate`) before new API replicas start.
 CMD ["hokusai-registry", "serve", "--no-migrate"]

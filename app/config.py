@@ -66,6 +66,14 @@ class Settings(BaseSettings):
         description="test only (honoured when ENV is test): a registration stage at which the "
         "process writes DATA_DIR/paused-<stage> and stalls, so a test can kill it there",
     )
+    shutdown_grace_seconds: int = Field(
+        default=90,
+        gt=0,
+        description="on SIGTERM, `serve` stops accepting connections and waits this long for "
+        "requests in flight (uploads, registrations in MLflow) to finish before cancelling "
+        "them; give the orchestrator's stop timeout (Docker stop_grace_period, Kubernetes "
+        "terminationGracePeriodSeconds) a few seconds more",
+    )
     idempotency_ttl_seconds: int = Field(
         default=24 * 3600, gt=0, description="how long an Idempotency-Key replays its outcome"
     )

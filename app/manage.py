@@ -35,6 +35,9 @@ def migrate(database_url: str | None = None) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: see `_exit_after_drain`."""
+    import signal
+
     import uvicorn
 
     if not args.no_migrate:
@@ -42,6 +45,7 @@ def _serve(args: argparse.Namespace) -> None:
     settings = get_settings()
     if settings.env.value == "development":
         _ensure_dev_api_key()
+    signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -50,8 +54,20 @@ def _serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         log_config=None,
         proxy_headers=True,
-        timeout_graceful_shutdown=settings.registration_lease_seconds // 10 or 30,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
+
+
+def _exit_after_drain(_signum: int, _frame: object) -> None:
+    """SIGTERM outside uvicorn's own handler: exit with status 0.
+
+    On SIGTERM uvicorn closes its listening socket, waits up to `shutdown_grace_seconds` for
+    the requests in flight, runs the lifespan shutdown, and then raises the signal again for the
+    handler that was there before it: with the default one the process would die of SIGTERM
+    (status 143) after a clean drain. This one turns it into a normal exit; before uvicorn
+    starts (migrations, imports) it simply stops the process.
+    """
+    raise SystemExit(0)
 
 
 def _ensure_dev_api_key() -> None:

@@ -872,12 +872,19 @@ def _pause_marker(settings: Settings, stage: str) -> Path | None:
 
 
 async def _pause_point(settings: Settings, stage: str) -> None:
-    """Stall here when HOKUSAI_TEST_PAUSE_AT names this stage, so a crash test can kill us."""
-    if _pause_marker(settings, stage) is not None:
-        await anyio.sleep(_MAX_PAUSE_SECONDS)
+    """Stall here when HOKUSAI_TEST_PAUSE_AT names this stage, so a test can kill us there.
+
+    Deleting the marker releases the stall (a shutdown test lets the registration finish).
+    """
+    marker = _pause_marker(settings, stage)
+    deadline = time.monotonic() + _MAX_PAUSE_SECONDS
+    while marker is not None and marker.exists() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await anyio.sleep(0.05)
 
 
 def _pause_point_sync(settings: Settings, stage: str) -> None:
     """`_pause_point` for the MLflow worker thread."""
-    if _pause_marker(settings, stage) is not None:
-        time.sleep(_MAX_PAUSE_SECONDS)
+    marker = _pause_marker(settings, stage)
+    deadline = time.monotonic() + _MAX_PAUSE_SECONDS
+    while marker is not None and marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
