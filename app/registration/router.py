@@ -200,7 +200,8 @@ async def register_model(
     registered model; the token becomes `registered` together with its `model_registered` and
     `token_ready_for_deploy` events. A request refused by a check leaves the token and MLflow
     as they were; the attempt is kept as a `rejected` registration. Send the text fields before
-    `model_file`: a wrong metric is then refused before the upload is read.
+    `model_file`: a wrong metric is then refused before the upload is read. To try it from
+    /docs, create the example token with `POST /tokens` first and pick any small model file.
     """
     services: service.RegistrationServices = request.app.state.registration
     result = await service.register(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Body, Path, Query, status
 
 from app.auth.models import Scope
 from app.deps import DatabaseDep, SettingsDep, WebhooksManage
@@ -131,7 +131,21 @@ async def rotate_webhook_secret(
     webhook_id: WebhookIdPath,
     database: DatabaseDep,
     _: WebhooksManage,
-    body: WebhookRotateSecret | None = None,
+    body: Annotated[
+        WebhookRotateSecret | None,
+        Body(
+            openapi_examples={
+                "generated": {
+                    "summary": "A generated secret; the old one signs too for a day",
+                    "value": {},
+                },
+                "immediate": {
+                    "summary": "A generated secret; the old one stops signing at once",
+                    "value": {"overlap_seconds": 0},
+                },
+            }
+        ),
+    ] = None,
 ) -> WebhookCreated:
     """Switch to a new signing secret, shown only this once; the old one signs too for a while.
 
