@@ -21,7 +21,7 @@ from app.events.webhooks.router import router as webhooks_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from app.observability import refreshing_backlog
-from app.openapi import Problem
+from app.openapi import Problem, restore_example_nulls
 from app.registration.recovery import recovery_loop
 from app.registration.router import router as registration_router
 from app.registration.service import RegistrationServices
@@ -131,7 +131,8 @@ def _register_problem_schema(app: FastAPI) -> None:
             schema = original()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.setdefault("Problem", Problem.model_json_schema())
-            app.openapi_schema = schema
+            # FastAPI drops None values from the document, examples' nulls included.
+            app.openapi_schema = restore_example_nulls(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -42,6 +42,18 @@ class TestCompose:
         assert names, "the compose file names no settings"
         assert names <= fields, names - fields
 
+    def test_api_containers_get_longer_to_stop_than_registrations_get_to_finish(self) -> None:
+        api = compose()["services"]["api"]
+        grace = float(
+            api["environment"].get(
+                "HOKUSAI_SHUTDOWN_GRACE_SECONDS",
+                Settings.model_fields["shutdown_grace_seconds"].default,
+            )
+        )
+        stop_after = api["stop_grace_period"]
+        assert stop_after.endswith("s")
+        assert float(stop_after.removesuffix("s")) > grace
+
     def test_blank_optional_settings_from_compose_are_unset(self) -> None:
         settings = Settings(_env_file=None, webhook_url="", webhook_secret="")  # type: ignore[call-arg]
         assert settings.webhook_url is None
