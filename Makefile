@@ -10,7 +10,7 @@ export HOKUSAI_DATA_DIR ?= $(CURDIR)/.hokusai
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format migrate clean
+.PHONY: run test lint format migrate bench clean
 
 run: $(STAMP)
 	$(VENV)/bin/hokusai-registry serve --host $(HOST) --port $(PORT)
@@ -27,6 +27,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The benchmark suite (minutes): prints every figure and rewrites docs/performance.md.
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/run_all.py $(BENCH_ARGS)
 
 migrate: $(STAMP)
 	$(VENV)/bin/hokusai-registry migrate

@@ -1,13 +1,16 @@
-"""What the benchmarks share: a service process on a fresh data folder, and an API key for it."""
+"""What the benchmarks share: a service process on a fresh data folder, an API key for it, and the
+report each benchmark hands to the suite (`benchmarks/run_all.py`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -90,3 +93,40 @@ def print_machine() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+
+
+@dataclass
+class Target:
+    """One target of the performance issue, as measured."""
+
+    name: str
+    measured: str
+    goal: str
+    met: bool
+
+
+@dataclass
+class Report:
+    """A benchmark's figures for docs/performance.md: its targets and a markdown section."""
+
+    title: str
+    command: str
+    section: str
+    targets: list[Target] = field(default_factory=list)
+
+    def save(self, path: str | None) -> None:
+        """Write the report as JSON where `--report PATH` asked for it (the suite reads it)."""
+        if path:
+            Path(path).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> Report:
+        data = json.loads(path.read_text())
+        data["targets"] = [Target(**target) for target in data["targets"]]
+        return cls(**data)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

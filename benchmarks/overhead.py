@@ -30,7 +30,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (
     BIN,
+    Report,
+    Target,
     free_port,
+    markdown_table,
     migrate_and_create_key,
     percentile,
     print_machine,
@@ -123,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--report", help="write the figures as JSON here (for run_all.py)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hokusai-bench-") as tmp:
@@ -163,18 +167,51 @@ def main() -> None:
 
     service_ms = statistics.median(served) * 1000
     direct_ms = statistics.median(done_directly) * 1000
+    ratio = service_ms / direct_ms
+    rows = [
+        [
+            "service over HTTP",
+            f"{service_ms:.1f} ms",
+            f"{percentile(served, 0.9) * 1000:.1f} ms",
+            f"{min(served) * 1000:.1f} ms",
+        ],
+        [
+            "MLflow client only, same work",
+            f"{direct_ms:.1f} ms",
+            f"{percentile(done_directly, 0.9) * 1000:.1f} ms",
+            f"{min(done_directly) * 1000:.1f} ms",
+        ],
+    ]
+    step_text = ", ".join(f"{name} {ms:.1f} ms" for name, ms in steps.items())
     print_machine()
     print(f"1 MiB registrations: {args.runs} each side, alternating (after {args.warmup} warm-up)")
-    print(
-        f"service over HTTP:  median {service_ms:.1f} ms, "
-        f"p90 {percentile(served, 0.9) * 1000:.1f} ms"
-    )
-    print(
-        f"MLflow client only: median {direct_ms:.1f} ms, "
-        f"p90 {percentile(done_directly, 0.9) * 1000:.1f} ms"
-    )
-    print(f"overhead ratio: {service_ms / direct_ms:.2f} (target <= 1.3)")
-    print("service steps (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+    for row in rows:
+        print(f"{row[0]:<32} median {row[1]:>9}, p90 {row[2]:>9}, min {row[3]:>9}")
+    print(f"overhead ratio: {ratio:.2f} (target <= 1.3)")
+    print(f"service steps (median): {step_text}")
+    Report(
+        title="Overhead over MLflow (1 MiB)",
+        command=f"benchmarks/overhead.py --runs {args.runs}",
+        section="\n\n".join(
+            [
+                f"{args.runs} registrations on each side, alternating, after {args.warmup} "
+                "warm-up. The direct side does the service's MLflow work with `MlflowClient` in "
+                "one process on its own SQLite store: a run with the same tags, the metric, the "
+                "model file logged, a registered model, a version, the alias, the run finished.",
+                markdown_table(["", "median", "p90", "min"], rows),
+                f"Overhead ratio: **{ratio:.2f}**. Median time of each step inside the service: "
+                f"{step_text}.",
+            ]
+        ),
+        targets=[
+            Target(
+                "1. overhead: 1 MiB registration over HTTP / the same MLflow work directly",
+                f"{service_ms:.1f} ms / {direct_ms:.1f} ms = {ratio:.2f}",
+                "<= 1.3",
+                ratio <= 1.3,
+            )
+        ],
+    ).save(args.report)
 
 
 if __name__ == "__main__":

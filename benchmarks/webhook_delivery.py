@@ -30,6 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (
+    Report,
     migrate_and_create_key,
     serve,
     service_env,
@@ -42,7 +43,7 @@ from tests.webhook_receiver import Reply, WebhookReceiver
 
 def scenario(
     *, events: int, refuse: int, clients: int, backlog: bool, postgres_url: str | None
-) -> None:
+) -> list[str]:
     """Live: the API process delivers while registrations commit. Backlog: the events are all
     committed first with delivery off, then one `hokusai-registry worker` drains them."""
     registrations = events // 2
@@ -118,27 +119,33 @@ def scenario(
     verified = sum(1 for r in delivered if r.signature_ok)
     backend = "PostgreSQL" if postgres_url else "SQLite"
     mode = "backlog drained by a worker" if backlog else "live, delivered by the API process"
-    print(f"== {mode}; {backend}; {wanted} events; {refuse} refused attempts per event")
-    print(
-        f"   requests {len(requests)} ({len(requests) - len(delivered)} refused); delivered "
+    lines = [
+        f"{mode}; {backend}; {wanted} events; {refuse} refused attempts per event",
+        f"requests {len(requests)} ({len(requests) - len(delivered)} refused); delivered "
         f"{len(unique)} unique, {len(delivered) - len(unique)} duplicates, {verified} verified, "
-        f"{wanted - len(unique)} missing"
-    )
+        f"{wanted - len(unique)} missing",
+    ]
     if backlog:
-        print(f"   drained in {finished:.2f} s: {len(unique) / finished:.1f} events/s")
-        return
-    # Commit to receipt: the envelope's timestamp is taken in the committing transaction.
-    latencies = sorted(
-        r.received_wall
-        - dt.datetime.fromisoformat(r.json()["timestamp"].replace("Z", "+00:00")).timestamp()
-        for r in delivered
-    )
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    print(f"   produced in {produced:.2f} s; the last arrived {finished - produced:.2f} s later")
-    print(
-        f"   commit to receipt: median {statistics.median(latencies) * 1000:.1f} ms, "
-        f"p99 {p99 * 1000:.1f} ms"
-    )
+        lines.append(f"drained in {finished:.2f} s: {len(unique) / finished:.1f} events/s")
+    else:
+        # Commit to receipt: the envelope's timestamp is taken in the committing transaction.
+        latencies = sorted(
+            r.received_wall
+            - dt.datetime.fromisoformat(r.json()["timestamp"].replace("Z", "+00:00")).timestamp()
+            for r in delivered
+        )
+        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        lines.append(
+            f"produced in {produced:.2f} s; the last arrived {finished - produced:.2f} s later"
+        )
+        lines.append(
+            f"commit to receipt: median {statistics.median(latencies) * 1000:.1f} ms, "
+            f"p99 {p99 * 1000:.1f} ms"
+        )
+    print("== " + lines[0])
+    for line in lines[1:]:
+        print("   " + line)
+    return lines
 
 
 def main() -> None:
@@ -148,12 +155,23 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent registering clients")
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument("--scenario", choices=["both", "live", "backlog"], default="both")
+    parser.add_argument("--report", help="write the figures as JSON here (for run_all.py)")
     args = parser.parse_args()
     common = {"events": args.events, "clients": args.clients, "postgres_url": args.postgres_url}
+    results: list[list[str]] = []
     if args.scenario in ("both", "live"):
-        scenario(refuse=0, backlog=False, **common)
+        results.append(scenario(refuse=0, backlog=False, **common))
     if args.scenario in ("both", "backlog"):
-        scenario(refuse=args.refuse, backlog=True, **common)
+        results.append(scenario(refuse=args.refuse, backlog=True, **common))
+    Report(
+        title="Event delivery",
+        command=f"benchmarks/webhook_delivery.py --events {args.events} --refuse {args.refuse}",
+        section=(
+            "A local receiver verifies every request with the `standardwebhooks` package; events "
+            f"come from real registrations by {args.clients} concurrent clients.\n\n"
+            + "\n".join(f"- {lines[0]}: " + "; ".join(lines[1:]) + "." for lines in results)
+        ),
+    ).save(args.report)
 
 
 if __name__ == "__main__":
