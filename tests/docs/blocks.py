@@ -29,6 +29,7 @@ SCENARIOS = {
     "walkthrough": "tests/docs/test_walkthrough.py",
     "workflows": "tests/docs/test_workflows.py",
     "cli": "tests/docs/test_workflows.py",
+    "guide": "tests/docs/test_registration_guide.py",
 }
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")

@@ -11,7 +11,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.docs.blocks import ROOT, Block
+from tests.docs.blocks import ROOT, Block, scenario
 
 
 def reader_dir(tmp_path: Path) -> Path:
@@ -130,3 +130,18 @@ class Session:
     def stop_all(self) -> None:
         for name in reversed(list(self.background)):
             self.stop(name)
+
+
+def run_scenario(name: str, session: Session, *, timeout: float = 90) -> list[str]:
+    """Run a scenario's blocks in order (background ones started); the outputs of the others."""
+    outputs = []
+    try:
+        for block in scenario(name):
+            background = block.flags.get("background")
+            if background:
+                session.start(block, background)
+            else:
+                outputs.append(session.run(block, timeout=timeout))
+    finally:
+        session.stop_all()
+    return outputs

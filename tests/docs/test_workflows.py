@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.blocks import scenario
 from tests.docs.service import make_run
-from tests.docs.shell import Session, clean_environment, reader_dir
+from tests.docs.shell import Session, clean_environment, reader_dir, run_scenario
 from tests.mlflow_server import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -29,20 +28,6 @@ def _redis_answers() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.stdout.strip() == "PONG"
-
-
-def run_scenario(name: str, session: Session) -> list[str]:
-    outputs = []
-    try:
-        for block in scenario(name):
-            background = block.flags.get("background")
-            if background:
-                session.start(block, background)
-            else:
-                outputs.append(session.run(block, timeout=90))
-    finally:
-        session.stop_all()
-    return outputs
 
 
 def test_cli_quick_start(tmp_path: Path) -> None:
