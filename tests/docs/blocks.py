@@ -30,6 +30,7 @@ SCENARIOS = {
     "workflows": "tests/docs/test_workflows.py",
     "cli": "tests/docs/test_workflows.py",
     "guide": "tests/docs/test_registration_guide.py",
+    "events": "tests/docs/test_events_page.py",
 }
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")

@@ -39,6 +39,8 @@ def test_cli_quick_start(tmp_path: Path) -> None:
     assert "hokusai-XRAY" in transcript
     assert "model_registered" in transcript
     assert "token_ready_for_deploy" in transcript
+    # `events watch --json | jq .payload` (cli.md): the payload of the registration above.
+    assert '"model_name": "hokusai-XRAY"' in transcript
 
 
 def test_workflows(tmp_path: Path) -> None:
