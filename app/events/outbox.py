@@ -69,9 +69,9 @@ async def write_events(
     await session.flush()
     _notify_after_commit(session)
     if on_postgres:
-        # Delivered by PostgreSQL at commit, and only if the transaction commits.
-        for row in rows:
-            await session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, row.event_id)))
+        # Delivered by PostgreSQL at commit, and only if the transaction commits. Listeners only
+        # wake up and read the outbox, so one notification per transaction is enough.
+        await session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, rows[-1].event_id)))
     return rows
 
 

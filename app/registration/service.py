@@ -658,24 +658,21 @@ async def commit_registration(database: Database, row: Registration) -> Registra
             "metric_value": row.metric_value,
             "baseline_value": row.baseline,
         }
-        events = await write_events(
-            session,
-            [
-                NewEvent(
-                    EventType.MODEL_REGISTERED,
-                    row.token_id,
-                    {
-                        **common,
-                        "registration_id": row.id,
-                        "model_uri": row.model_uri,
-                        "improvement": row.improvement,
-                        "sha256": row.artifact_sha256,
-                        "api_schema": row.api_schema,
-                    },
-                ),
-                NewEvent(EventType.TOKEN_READY_FOR_DEPLOY, row.token_id, common),
-            ],
-        )
+        events = [
+            NewEvent(
+                EventType.MODEL_REGISTERED,
+                row.token_id,
+                {
+                    **common,
+                    "registration_id": row.id,
+                    "model_uri": row.model_uri,
+                    "improvement": row.improvement,
+                    "sha256": row.artifact_sha256,
+                    "api_schema": row.api_schema,
+                },
+            ),
+            NewEvent(EventType.TOKEN_READY_FOR_DEPLOY, row.token_id, common),
+        ]
         row.status = RegistrationStatus.REGISTERED
         row.event_ids = [event.event_id for event in events]
         row.registered_at = now
@@ -683,6 +680,9 @@ async def commit_registration(database: Database, row: Registration) -> Registra
         row.response_status = 201
         row.error = None
         await session.merge(row)
+        await session.flush()
+        # Last, as the outbox requires: on PostgreSQL it holds the outbox lock until commit.
+        await write_events(session, events)
     observability.REGISTRATIONS.labels("registered", "").inc()
     return RegistrationPublic.of(row)
 
@@ -712,15 +712,16 @@ async def _record_rejection(database: Database, attempt: Attempt, error: AppErro
         )
     try:
         async with database.transaction() as session:
-            written = await write_events(session, events)
             session.add(
                 attempt.row(
                     RegistrationStatus.REJECTED,
                     error={k: v for k, v in problem.items() if k != "request_id"},
-                    event_ids=[event.event_id for event in written],
+                    event_ids=[event.event_id for event in events],
                     response_status=error.status,
                 )
             )
+            await session.flush()
+            await write_events(session, events)
     except (AppError, IntegrityError):
         # The refusal stands even if recording it failed (e.g. the database is down).
         log.warning("rejection_not_recorded", code=error.code)
@@ -807,21 +808,18 @@ async def record_failure(
                 log.warning("registration_already_settled", registration_id=registration_id)
                 return False
             # The token moved on (e.g. archived) without settling this attempt: record its end.
-        events = await write_events(
-            session,
-            [
-                NewEvent(
-                    EventType.REGISTRATION_FAILED,
-                    token_id,
-                    {
-                        "token_id": token_id,
-                        "registration_id": registration_id,
-                        "code": problem["code"],
-                        "detail": problem["detail"],
-                    },
-                )
-            ],
-        )
+        events = [
+            NewEvent(
+                EventType.REGISTRATION_FAILED,
+                token_id,
+                {
+                    "token_id": token_id,
+                    "registration_id": registration_id,
+                    "code": problem["code"],
+                    "detail": problem["detail"],
+                },
+            )
+        ]
         if row is not None:
             row.status = RegistrationStatus.FAILED
             row.error = error
@@ -829,6 +827,8 @@ async def record_failure(
             row.updated_at = utcnow()
             row.response_status = response_status
             await session.merge(row)
+            await session.flush()
+        await write_events(session, events)
     observability.REGISTRATIONS.labels("failed", str(problem["code"])).inc()
     return True
 

@@ -89,6 +89,7 @@ async def update_token(database: Database, raw_token_id: str, body: TokenUpdate)
         token = await repository.get(session, token_id, for_update=True)
         if token is None:
             raise TokenNotFound(f"no token {token_id}")
+        previous_status = token.status
         if body.status is not None and token.status != body.status:
             target = TokenStatus(body.status)
             if token.status not in _TRANSITIONS[target]:
@@ -97,27 +98,28 @@ async def update_token(database: Database, raw_token_id: str, body: TokenUpdate)
                     extra={"token_status": token.status.value},
                 )
             token.status = target
-            if target is TokenStatus.DEPLOYED:
-                await write_events(
-                    session,
-                    [
-                        NewEvent(
-                            EventType.MODEL_DEPLOYED,
-                            token_id,
-                            {
-                                "token_id": token_id,
-                                "model_name": token.model_name,
-                                "model_version": token.model_version,
-                            },
-                        )
-                    ],
-                )
         if body.name is not None:
             token.name = body.name
         if body.metadata is not None:
             token.token_metadata = body.metadata
         token.updated_at = utcnow()
         session.add(token)
+        if token.status == TokenStatus.DEPLOYED and previous_status != TokenStatus.DEPLOYED:
+            await session.flush()
+            await write_events(
+                session,
+                [
+                    NewEvent(
+                        EventType.MODEL_DEPLOYED,
+                        token_id,
+                        {
+                            "token_id": token_id,
+                            "model_name": token.model_name,
+                            "model_version": token.model_version,
+                        },
+                    )
+                ],
+            )
     log.info("token_updated", token_id=token_id, status=token.status.value)
     return TokenPublic.of(token)
 
