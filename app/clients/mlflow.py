@@ -28,6 +28,7 @@ import structlog
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.logging_utils import MlflowFormatter
 
@@ -428,27 +429,38 @@ class MlflowRegistry:
         """Upload one file under the run's `model/` artifact path."""
         if not path.is_file():
             raise MlflowError(f"not a file: {path}")
-        if self._link_into_local_store(run_id, path):
-            return
-        self._call(
-            "log_artifact",
-            lambda c: c.log_artifact(run_id, str(path), artifact_path=ARTIFACT_PATH),
-            run_id=run_id,
-        )
+        self._log_model(run_id, path)
 
     def log_model_dir(self, run_id: str, directory: Path) -> None:
         """Upload a directory's contents under the run's `model/` artifact path."""
         if not directory.is_dir():
             raise MlflowError(f"not a directory: {directory}")
-        if self._link_into_local_store(run_id, directory):
-            return
-        self._call(
-            "log_artifacts",
-            lambda c: c.log_artifacts(run_id, str(directory), artifact_path=ARTIFACT_PATH),
-            run_id=run_id,
-        )
+        self._log_model(run_id, directory)
 
-    def _link_into_local_store(self, run_id: str, source: Path) -> bool:
+    def _log_model(self, run_id: str, source: Path) -> None:
+        # The run's artifact URI, kept from create_run: MlflowClient.log_artifact would fetch
+        # the whole run again just to learn it.
+        artifact_uri = self._artifact_uris.pop(run_id, None)
+        if artifact_uri is not None and self._link_into_local_store(run_id, artifact_uri, source):
+            return
+        is_file = source.is_file()
+
+        def upload(client: MlflowClient) -> None:
+            if artifact_uri is None:
+                if is_file:
+                    client.log_artifact(run_id, str(source), artifact_path=ARTIFACT_PATH)
+                else:
+                    client.log_artifacts(run_id, str(source), artifact_path=ARTIFACT_PATH)
+                return
+            repository = get_artifact_repository(artifact_uri, tracking_uri=self._tracking_uri)
+            if is_file:
+                repository.log_artifact(str(source), ARTIFACT_PATH)
+            else:
+                repository.log_artifacts(str(source), ARTIFACT_PATH)
+
+        self._call("log_artifact" if is_file else "log_artifacts", upload, run_id=run_id)
+
+    def _link_into_local_store(self, run_id: str, artifact_uri: str, source: Path) -> bool:
         """Place the upload in a local artifact store by hard links instead of a copy.
 
         MLflow's local store copies a logged file into the run's artifact folder, so a large model
@@ -458,8 +470,7 @@ class MlflowRegistry:
         artifact keeps them. Anywhere else (a tracking server, object storage, another disk) the
         caller falls back to MLflow's own upload. Returns whether the file(s) were placed.
         """
-        artifact_uri = self._artifact_uris.pop(run_id, None)
-        if artifact_uri is None or not artifact_uri.startswith("file:"):
+        if not artifact_uri.startswith("file:"):
             return False
         target = Path(local_file_uri_to_path(artifact_uri)) / ARTIFACT_PATH
         started = time.perf_counter()
