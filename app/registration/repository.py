@@ -43,3 +43,18 @@ async def release_idempotency_key(session: AsyncSession, registration_id: str) -
         .where(col(Registration.id) == registration_id)
         .values(idempotency_key=None)
     )
+
+
+async def update(session: AsyncSession, row: Registration) -> None:
+    """Write every field of `row` but its id and creation time over the stored registration.
+
+    One UPDATE, where `session.merge` would first load the stored row to compare.
+    """
+    values = {
+        column.key: getattr(row, column.key)
+        for column in Registration.__table__.columns  # type: ignore[attr-defined]
+        if column.key not in ("id", "created_at")
+    }
+    await session.execute(
+        sa.update(Registration).where(col(Registration.id) == row.id).values(values)
+    )

@@ -679,8 +679,7 @@ async def commit_registration(database: Database, row: Registration) -> Registra
         row.updated_at = now
         row.response_status = 201
         row.error = None
-        await session.merge(row)
-        await session.flush()
+        await repository.update(session, row)
         # Last, as the outbox requires: on PostgreSQL it holds the outbox lock until commit.
         await write_events(session, events)
     observability.REGISTRATIONS.labels("registered", "").inc()
@@ -826,8 +825,7 @@ async def record_failure(
             row.event_ids = [event.event_id for event in events]
             row.updated_at = utcnow()
             row.response_status = response_status
-            await session.merge(row)
-            await session.flush()
+            await repository.update(session, row)
         await write_events(session, events)
     observability.REGISTRATIONS.labels("failed", str(problem["code"])).inc()
     return True
