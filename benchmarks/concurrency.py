@@ -45,7 +45,16 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.harness import BIN, free_port, migrate_and_create_key, service_env, wait_ready
+from benchmarks.harness import (
+    BIN,
+    Report,
+    Target,
+    free_port,
+    markdown_table,
+    migrate_and_create_key,
+    service_env,
+    wait_ready,
+)
 from tests.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -444,7 +453,7 @@ def summarise_profile(files: list[Path], top: int) -> None:
 # Log analysis ------------------------------------------------------------------------------------
 
 
-def step_breakdown(logs: list[Path], measured: set[str]) -> None:
+def step_breakdown(logs: list[Path], measured: set[str]) -> dict[str, float]:
     """Median and p90 of each registration step and MLflow call, from the service's JSON logs."""
     durations: defaultdict[str, list[float]] = defaultdict(list)
     for log in logs:
@@ -465,7 +474,7 @@ def step_breakdown(logs: list[Path], measured: set[str]) -> None:
                 durations["total (server side)"].append(entry["duration_ms"])
     if not durations:
         print("\n(no registration_step lines: run with --log-level INFO for the step breakdown)")
-        return
+        return {}
     print("\n== where a registration's time goes (server-side log lines, measured phase)")
     print(f"   {'':34}  {'n':>4} {'median':>9} {'p90':>9} {'mean':>9}")
     for name, values in durations.items():
@@ -475,6 +484,7 @@ def step_breakdown(logs: list[Path], measured: set[str]) -> None:
             f"   {name:34}  {len(values):4} {statistics.median(values):7.1f}ms "
             f"{p90:7.1f}ms {statistics.fmean(values):7.1f}ms"
         )
+    return {name.strip(): statistics.median(values) for name, values in durations.items()}
 
 
 # Main --------------------------------------------------------------------------------------------
@@ -514,6 +524,7 @@ def main() -> None:
     parser.add_argument("--profile-rate", type=int, default=100, help="samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", metavar="DIR", help="copy the logs and profiles to DIR")
+    parser.add_argument("--report", help="write the figures as JSON here (for run_all.py)")
     parser.add_argument(
         "--env",
         action="append",
@@ -624,7 +635,7 @@ def main() -> None:
                 cursor = conn.execute("SELECT max(position) FROM dispatch_cursors").fetchone()
             stop_all(service.all())
 
-            report(
+            figures = report(
                 args, outcomes, warm_outcomes, wall, tracked, backends, cpu_before, cpu_after, names
             )
             print(
@@ -634,8 +645,9 @@ def main() -> None:
             )
             if receiver is not None:
                 report_delivery(receiver, wanted, delivered_after)
-            step_breakdown(service.logs, set(measured))
+            steps = step_breakdown(service.logs, set(measured))
             waits.report()
+            save_report(args, figures, steps)
             if profiles:
                 summarise_profile(profiles, args.top)
             if args.keep:
@@ -662,7 +674,7 @@ def report(
     before: dict[int, float | None],
     after: dict[int, float | None],
     names: list[str],
-) -> None:
+) -> dict[str, float]:
     ok = [o.seconds for o in outcomes if o.status == 201]
     errors = [o for o in outcomes if o.status != 201]
     warm_errors = [o for o in warm if o.status != 201]
@@ -710,6 +722,67 @@ def report(
         f"   {'total':28} {sum(totals.values()):7.2f} s  of {wall * (os.cpu_count() or 1):.1f} "
         f"core-seconds available ({sum(totals.values()) / done * 1000:.1f} ms per registration)"
     )
+    return {
+        "rate": len(ok) / wall,
+        "p50": percentile(ok, 0.5) if ok else float("nan"),
+        "p90": percentile(ok, 0.9) if ok else float("nan"),
+        "p99": percentile(ok, 0.99) if ok else float("nan"),
+        "errors": float(len(errors) + len(warm_errors)),
+        "registrations": float(len(outcomes)),
+        "cpu_ms": sum(totals.values()) / done * 1000,
+    }
+
+
+def save_report(
+    args: argparse.Namespace, figures: dict[str, float], steps: dict[str, float]
+) -> None:
+    step_rows = [
+        [name.replace("step ", ""), f"{ms:.0f} ms"]
+        for name, ms in steps.items()
+        if name.startswith(("step ", "total"))
+    ]
+    errors = int(figures["errors"])
+    Report(
+        title="Concurrency on PostgreSQL",
+        command=f"benchmarks/concurrency.py --clients {args.clients} "
+        f"--registrations {args.registrations}",
+        section="\n\n".join(
+            [
+                f"{args.apis} `hokusai-registry serve` processes (the dispatcher off) and one "
+                "`hokusai-registry worker`, on PostgreSQL, with MLflow's tracking store on "
+                f"PostgreSQL too and its artifacts on local disk; {args.clients} clients "
+                f"register {int(figures['registrations'])} distinct 1 MiB pickles after "
+                f"{args.warmup} warm-up, each request going to the next API process in turn, "
+                "while a local receiver takes every webhook.",
+                markdown_table(
+                    ["registrations/s", "p50", "p90", "p99", "errors", "CPU per registration"],
+                    [
+                        [
+                            f"{figures['rate']:.1f}",
+                            f"{figures['p50'] * 1000:.0f} ms",
+                            f"{figures['p90'] * 1000:.0f} ms",
+                            f"{figures['p99'] * 1000:.0f} ms",
+                            str(errors),
+                            f"{figures['cpu_ms']:.0f} ms (all processes, PostgreSQL included)",
+                        ]
+                    ],
+                ),
+                "Median time of each step inside the API processes:\n\n"
+                + markdown_table(["step", "median"], step_rows)
+                if step_rows
+                else "",
+            ]
+        ),
+        targets=[
+            Target(
+                f"4. concurrency: {args.clients} clients, {args.apis} API processes, PostgreSQL",
+                f"{figures['rate']:.1f} registrations/s, p50 {figures['p50'] * 1000:.0f} ms, "
+                f"p99 {figures['p99'] * 1000:.0f} ms, {errors} errors",
+                "reported; no errors",
+                errors == 0,
+            )
+        ],
+    ).save(args.report)
 
 
 def report_delivery(receiver: WebhookReceiver, wanted: int, after_last: float | None) -> None:
