@@ -161,3 +161,34 @@ def test_contract_error_codes_are_all_in_app_errors() -> None:
         pytest.skip("CONTRACT.md is not beside the repository")
     text = contract.read_text().split("Error codes:", 1)[1].split("\n\n", 1)[0]
     assert set(re.findall(r"`([a-z_]+)`", text)) <= error_codes() | {"unauthorized", "forbidden"}
+
+
+# Metrics -----------------------------------------------------------------------------------------
+
+DEPLOYMENT = (ROOT / "docs" / "deployment.md").read_text()
+
+
+def _service_metrics() -> dict[str, list[str]]:
+    """Every metric app/observability.py defines -> its label names."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from app import observability
+
+    return {
+        # A counter's samples carry the `_total` suffix that its own name leaves off.
+        metric._name + ("_total" if isinstance(metric, Counter) else ""): list(metric._labelnames)
+        for metric in vars(observability).values()
+        if isinstance(metric, Counter | Gauge | Histogram)
+    }
+
+
+def test_the_metrics_are_found() -> None:
+    assert len(_service_metrics()) >= 10
+
+
+@pytest.mark.parametrize("name", sorted(_service_metrics()))
+def test_every_metric_is_in_the_observability_table(name: str) -> None:
+    row = next((line for line in DEPLOYMENT.splitlines() if line.startswith(f"| `{name}` |")), None)
+    assert row is not None, f"{name} has no row in docs/deployment.md#observability"
+    for label in _service_metrics()[name]:
+        assert f"`{label}`" in row, f"{name}'s label {label} is not in its row"
