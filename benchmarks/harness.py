@@ -34,10 +34,10 @@ def service_env(data_dir: str, **settings: str) -> dict[str, str]:
     return env
 
 
-def migrate_and_create_key(env: dict[str, str]) -> str:
-    subprocess.run([BIN / "hokusai-registry", "migrate"], env=env, check=True)
+def migrate_and_create_key(env: dict[str, str], bin_dir: Path = BIN) -> str:
+    subprocess.run([bin_dir / "hokusai-registry", "migrate"], env=env, check=True)
     created = subprocess.run(
-        [BIN / "hokusai-registry", "create-api-key", "--name", "bench", "--scopes", "admin"],
+        [bin_dir / "hokusai-registry", "create-api-key", "--name", "bench", "--scopes", "admin"],
         env=env,
         check=True,
         capture_output=True,
@@ -46,20 +46,22 @@ def migrate_and_create_key(env: dict[str, str]) -> str:
     return created.stdout.strip().splitlines()[-1]
 
 
-def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start(command: list[str], env: dict[str, str], bin_dir: Path = BIN) -> subprocess.Popen[bytes]:
     """Start a `hokusai-registry` (or other venv) command quietly."""
     return subprocess.Popen(
-        [str(BIN / command[0]), *command[1:]],
+        [str(bin_dir / command[0]), *command[1:]],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
 
-def serve(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def serve(env: dict[str, str], bin_dir: Path = BIN) -> tuple[subprocess.Popen[bytes], str]:
     """Start `hokusai-registry serve` on a free port; returns the process and its base URL."""
     port = free_port()
-    process = start(["hokusai-registry", "serve", "--port", str(port), "--no-migrate"], env)
+    process = start(
+        ["hokusai-registry", "serve", "--port", str(port), "--no-migrate"], env, bin_dir
+    )
     return process, f"http://127.0.0.1:{port}"
 
 

@@ -28,7 +28,7 @@ OUTPUT = ROOT / "docs" / "performance.md"
 
 # name -> (arguments for the full run, arguments for --quick)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
-    "startup": (["--runs", "5"], ["--runs", "2"]),
+    "startup": (["--runs", "5", "--production"], ["--runs", "2"]),
     "overhead": (["--runs", "30"], ["--runs", "8"]),
     "large_upload": (["--sizes", "10,100,1024"], ["--sizes", "10,100,256"]),
     "concurrency": (["--clients", "16", "--registrations", "320"], ["--registrations", "64"]),
