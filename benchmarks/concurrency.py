@@ -52,7 +52,9 @@ from benchmarks.harness import (
     free_port,
     markdown_table,
     migrate_and_create_key,
+    percentile,
     service_env,
+    start,
     wait_ready,
 )
 from tests.webhook_receiver import WebhookReceiver
@@ -79,14 +81,8 @@ class Service:
 
 
 def launch(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start a venv command with its stderr (the service's log lines) going to `log`."""
-    with log.open("wb") as sink:
-        return subprocess.Popen(
-            [str(BIN / command[0]), *command[1:]],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
+    """Start a venv command with its output (the service's log lines) going to `log`."""
+    return start(command, env, log=log)
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -488,11 +484,6 @@ def step_breakdown(logs: list[Path], measured: set[str]) -> dict[str, float]:
 
 
 # Main --------------------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
 def main() -> None:

@@ -46,21 +46,33 @@ def migrate_and_create_key(env: dict[str, str], bin_dir: Path = BIN) -> str:
     return created.stdout.strip().splitlines()[-1]
 
 
-def start(command: list[str], env: dict[str, str], bin_dir: Path = BIN) -> subprocess.Popen[bytes]:
-    """Start a `hokusai-registry` (or other venv) command quietly."""
-    return subprocess.Popen(
-        [str(bin_dir / command[0]), *command[1:]],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start(
+    command: list[str], env: dict[str, str], bin_dir: Path = BIN, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a `hokusai-registry` (or other venv) command; its output goes to `log` if given."""
+    if log is None:
+        return subprocess.Popen(
+            [str(bin_dir / command[0]), *command[1:]],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [str(bin_dir / command[0]), *command[1:]],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
 
 
-def serve(env: dict[str, str], bin_dir: Path = BIN) -> tuple[subprocess.Popen[bytes], str]:
+def serve(
+    env: dict[str, str], bin_dir: Path = BIN, log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start `hokusai-registry serve` on a free port; returns the process and its base URL."""
     port = free_port()
     process = start(
-        ["hokusai-registry", "serve", "--port", str(port), "--no-migrate"], env, bin_dir
+        ["hokusai-registry", "serve", "--port", str(port), "--no-migrate"], env, bin_dir, log
     )
     return process, f"http://127.0.0.1:{port}"
 

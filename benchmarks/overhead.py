@@ -29,14 +29,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (
-    BIN,
     Report,
     Target,
-    free_port,
     markdown_table,
     migrate_and_create_key,
     percentile,
     print_machine,
+    serve,
     service_env,
     stop,
     wait_ready,
@@ -133,18 +132,8 @@ def main() -> None:
         root = Path(tmp)
         env = service_env(str(root / "service"), HOKUSAI_LOG_LEVEL="INFO", HOKUSAI_LOG_JSON="true")
         key = migrate_and_create_key(env)
-        port = free_port()
         log_path = root / "server.log"
-        with log_path.open("wb") as log_file:
-            import subprocess
-
-            server = subprocess.Popen(
-                [BIN / "hokusai-registry", "serve", "--port", str(port), "--no-migrate"],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"http://127.0.0.1:{port}"
+        server, url = serve(env, log=log_path)
         direct = DirectMlflow(root / "direct")
         served: list[float] = []
         done_directly: list[float] = []
