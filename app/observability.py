@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
+
+from app import background
 
 if TYPE_CHECKING:
     from app.db import Database
@@ -146,10 +148,5 @@ async def refreshing_backlog(database: Database, *, every: float) -> AsyncIterat
                 log.warning("backlog_not_counted", error=f"{type(e).__name__}: {e}"[:300])
             await asyncio.sleep(every)
 
-    task = asyncio.create_task(loop(), name="hokusai-backlog-metrics")
-    try:
+    async with background.running(loop, name="hokusai-backlog-metrics"):
         yield
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task

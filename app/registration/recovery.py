@@ -28,6 +28,7 @@ from typing import TypeVar
 import anyio
 import structlog
 
+from app import background
 from app.clients.mlflow import ModelVersionRef, RegistrationRun
 from app.db import utcnow
 from app.errors import AppError, MlflowUnavailable, RegistrationInterrupted
@@ -136,13 +137,8 @@ async def recovery_loop(services: RegistrationServices) -> AsyncIterator[None]:
                 log.exception("recovery_sweep_failed")
             await asyncio.sleep(interval)
 
-    task = asyncio.create_task(run(), name="hokusai-recovery")
-    try:
+    async with background.running(run, name="hokusai-recovery"):
         yield
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
 
 
 async def _settle(
