@@ -139,6 +139,53 @@ class Settings(BaseSettings):
         description="how often each process recounts the delivery backlog for /metrics",
     )
 
+    evaluation_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="wall-clock limit of one sandboxed evaluation; the model's whole process "
+        "tree is killed at the deadline",
+    )
+    evaluation_memory_mb: int = Field(
+        default=2048, ge=64, description="memory limit of one sandboxed evaluation, in MiB"
+    )
+    evaluation_concurrency: int = Field(
+        default=2, ge=1, le=64, description="sandboxed evaluations one process runs at once"
+    )
+    evaluation_sandbox: str = Field(
+        default="auto",
+        pattern="^(auto|bubblewrap|unshare|process|none)$",
+        description="how models are isolated: auto (bubblewrap, else unshare), bubblewrap, "
+        "unshare, process (no isolation: development only) or none (no evaluations)",
+    )
+    evaluation_signing_key: SecretStr | None = Field(
+        default=None,
+        description="PEM Ed25519 private key that signs evaluation receipts; when unset one is "
+        "generated once into DATA_DIR/evaluation-keys (mode 0600)",
+    )
+    evaluation_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="how long a process may hold an evaluation job without renewing its lease "
+        "(it renews every third of it); a job whose process died is taken again after this",
+    )
+    evaluation_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="times an evaluation job may be started; a model whose evaluation keeps "
+        "killing the process running it is refused after this many",
+    )
+    max_benchmark_bytes: int = Field(
+        default=256 * MiB, gt=0, description="largest benchmark CSV accepted (413 above)"
+    )
+    run_evaluations: bool = Field(
+        default=True,
+        description="run evaluation jobs from inside the API process; turn off when running "
+        "`hokusai-registry worker` processes instead",
+    )
+
     log_level: str = "INFO"
     log_json: bool | None = Field(
         default=None, description="default: JSON logs except in development"
@@ -151,7 +198,7 @@ class Settings(BaseSettings):
             return [float(part) for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("webhook_secret", mode="before")
+    @field_validator("webhook_secret", "evaluation_signing_key", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -210,6 +257,19 @@ class Settings(BaseSettings):
     @property
     def upload_dir(self) -> Path:
         return self.data_dir.resolve() / "uploads"
+
+    @property
+    def benchmark_dir(self) -> Path:
+        return self.data_dir.resolve() / "benchmarks"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """Models waiting for (or in) their evaluation, one folder per registration."""
+        return self.data_dir.resolve() / "evaluations"
+
+    @property
+    def evaluation_key_dir(self) -> Path:
+        return self.data_dir.resolve() / "evaluation-keys"
 
     @property
     def allow_private_webhook_targets(self) -> bool:

@@ -115,6 +115,16 @@ class WebhookNotFound(NotFound):
     title = "Webhook endpoint not found"
 
 
+class BenchmarkNotFound(NotFound):
+    code = "benchmark_not_found"
+    title = "The token has no benchmark"
+
+
+class ReceiptNotFound(NotFound):
+    code = "receipt_not_found"
+    title = "The registration has no evaluation receipt"
+
+
 class DeliveryNotFound(NotFound):
     code = "delivery_not_found"
     title = "Delivery not found"
@@ -241,6 +251,18 @@ class IdempotencyKeyReused(ValidationFailed):
     title = "The idempotency key was used for a different request"
 
 
+class InvalidBenchmark(ValidationFailed):
+    code = "invalid_benchmark"
+    title = "The benchmark file is not acceptable"
+
+
+class EvaluationFailed(ValidationFailed):
+    """The sandbox could not score the model: it did not load, raised, or broke a limit."""
+
+    code = "evaluation_failed"
+    title = "The model could not be evaluated"
+
+
 class WebhookUrlNotAllowed(ValidationFailed):
     code = "webhook_url_not_allowed"
     title = "The webhook URL is not allowed here"
@@ -288,6 +310,14 @@ class MlflowUnavailable(ServiceUnavailable):
 class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
     title = "The database is unavailable"
+
+
+class EvaluationUnavailable(ServiceUnavailable):
+    """This host cannot run models in an isolated sandbox."""
+
+    code = "evaluation_unavailable"
+    title = "Models cannot be evaluated on this host"
+    headers = {"Retry-After": "60"}
 
 
 class StoredProblem(AppError):

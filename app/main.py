@@ -14,9 +14,15 @@ from app.clients.mlflow import MlflowRegistry
 from app.config import Settings, get_settings
 from app.db import Database
 from app.errors import install_error_handlers
+from app.evaluation.receipts import load_signer
+from app.evaluation.router import router as evaluation_router
+from app.evaluation.sandbox import detect_sandbox
+from app.evaluation.service import EvaluationServices, sandbox_usable
+from app.evaluation.worker import evaluating
 from app.events.dispatcher import dispatching
 from app.events.listener import start_listener
 from app.events.router import router as feed_router
+from app.events.signal import EventSignal
 from app.events.webhooks.router import router as webhooks_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware, RequestLimitsMiddleware
@@ -60,11 +66,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request_timeout=settings.mlflow_request_timeout,
         )
         limiter = anyio.CapacityLimiter(settings.mlflow_threads)
+        # What this host can isolate models with is probed once, at start-up.
+        sandbox = await anyio.to_thread.run_sync(detect_sandbox, settings.evaluation_sandbox)
+        evaluation = EvaluationServices(
+            settings=settings,
+            database=database,
+            signer=await anyio.to_thread.run_sync(load_signer, settings),
+            sandbox=sandbox,
+            jobs=EventSignal(),
+        )
         app.state.settings = settings
         app.state.database = database
         app.state.mlflow = mlflow
+        app.state.evaluation = evaluation
         app.state.registration = RegistrationServices(
-            settings=settings, database=database, mlflow=mlflow, mlflow_limiter=limiter
+            settings=settings,
+            database=database,
+            mlflow=mlflow,
+            mlflow_limiter=limiter,
+            evaluations=evaluation,
         )
         try:
             # Prepare the experiment now so the first registration does not pay for it; a
@@ -77,7 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             env=settings.env.value,
             database=database.backend,
             mlflow=_redacted_uri(settings.resolved_tracking_uri),
+            sandbox=sandbox.mode.value,
+            sandbox_isolated=sandbox.isolated,
         )
+        if not sandbox.isolated and sandbox_usable(settings, sandbox):
+            log.warning("evaluation_sandbox_not_isolated", detail=sandbox.detail)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(database.dispose)
             stack.push_async_callback(events_listener.stop)
@@ -86,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     dispatching(settings, database)
                 )
             await stack.enter_async_context(recovery_loop(app.state.registration))
+            if settings.run_evaluations and sandbox_usable(settings, sandbox):
+                await stack.enter_async_context(evaluating(app.state.registration, evaluation))
             await stack.enter_async_context(
                 refreshing_backlog(database, every=settings.metrics_refresh_seconds)
             )
@@ -100,6 +126,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[
             {"name": "registrations", "description": "Register models and read the attempts."},
             {"name": "tokens", "description": "Tokens and their status."},
+            {
+                "name": "evaluation",
+                "description": "Sealed benchmarks, evaluation receipts and their keys.",
+            },
             {"name": "system", "description": "Probes."},
         ],
     )
@@ -116,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/metrics", make_asgi_app())
     app.include_router(tokens_router)
     app.include_router(registration_router)
+    app.include_router(evaluation_router)
     app.include_router(feed_router)
     app.include_router(webhooks_router)
     _register_problem_schema(app)

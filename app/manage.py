@@ -113,10 +113,11 @@ def _ensure_dev_api_key() -> None:
 
 
 def _worker(_args: argparse.Namespace) -> None:
-    """Deliver events (webhooks, Redis) until SIGTERM or SIGINT."""
+    """Deliver events (webhooks, Redis) and run evaluations until SIGTERM or SIGINT."""
     import signal
 
     from app.db import Database
+    from app.evaluation.worker import evaluating_standalone
     from app.events.dispatcher import dispatching
     from app.events.listener import listen_for_events
     from app.logging import configure_logging
@@ -141,6 +142,7 @@ def _worker(_args: argparse.Namespace) -> None:
                 listen_for_events(database),
                 dispatching(settings, database),
                 refreshing_backlog(database, every=settings.metrics_refresh_seconds),
+                evaluating_standalone(settings, database),
             ):
                 # Leaving the block stops the dispatcher, which lets the deliveries in flight
                 # finish and records them before the process exits.
@@ -183,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser(
-        "worker", help="deliver events to webhooks and Redis (run any number of these)"
+        "worker",
+        help="deliver events to webhooks and Redis and run model evaluations (run any number "
+        "of these)",
     )
     worker.set_defaults(handler=_worker)
 
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         "--scopes",
         required=True,
         help="comma-separated: tokens:read, tokens:write, models:register, events:read, "
-        "webhooks:manage, admin",
+        "webhooks:manage, benchmarks:manage, admin",
     )
     key.set_defaults(handler=_create_api_key)
 

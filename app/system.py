@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import redis.asyncio as redis
@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
+from app.evaluation.service import sandbox_usable
 from app.openapi import problem_responses
 
 router = APIRouter(tags=["system"])
@@ -37,6 +38,12 @@ class Readiness(BaseModel):
     checks: dict[str, str] = Field(
         description="`ok` or `error: <exception type>` for `database`, `mlflow` and, when "
         "configured, `redis`"
+    )
+    sandbox: dict[str, Any] | None = Field(
+        default=None,
+        description="how this process isolates models it evaluates (probed at start-up): "
+        "`mode` (bubblewrap, unshare, process or none), `isolated`, `evaluates` (whether it "
+        "accepts evaluations) and `detail`",
     )
 
 
@@ -100,8 +107,17 @@ async def ready(request: Request) -> JSONResponse:
     if settings.redis_url:
         # Reported, not required: with Redis down, events wait in the outbox and nothing is lost.
         checks["redis"] = await _redis_check(settings.redis_url)
+    evaluation = getattr(state, "evaluation", None)
+    sandbox = None
+    if evaluation is not None:
+        sandbox = {
+            "mode": evaluation.sandbox.mode.value,
+            "isolated": evaluation.sandbox.isolated,
+            "evaluates": sandbox_usable(settings, evaluation.sandbox),
+            "detail": evaluation.sandbox.detail,
+        }
     return JSONResponse(
-        {"status": "ok" if ok else "unavailable", "checks": checks},
+        {"status": "ok" if ok else "unavailable", "checks": checks, "sandbox": sandbox},
         status_code=200 if ok else 503,
         headers=None if ok else {"Retry-After": "5"},
     )

@@ -7,6 +7,7 @@ from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
 import app.auth.models
+import app.evaluation.models
 import app.events.models
 import app.registration.models
 import app.tokens.models  # noqa: F401  (registers the tables on the metadata)

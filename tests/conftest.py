@@ -29,6 +29,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "HOKUSAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 TABLES = (
+    "evaluation_jobs",
+    "benchmarks",
     "delivery_attempts",
     "deliveries",
     "webhook_endpoints",

@@ -17,7 +17,7 @@ from tests.conftest import Api, make_settings
 from tests.factories import pickle_bytes
 
 METHODS = ("get", "put", "post", "delete", "patch")
-PUBLIC = {("get", "/health"), ("get", "/ready")}
+PUBLIC = {("get", "/health"), ("get", "/ready"), ("get", "/.well-known/jwks.json")}
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +244,11 @@ class TestErrorExamples:
         assert {"metric_below_baseline", "benchmark_mismatch", "checksum_mismatch"} <= codes("422")
         assert codes("413") == {"payload_too_large"}
         assert codes("415") == {"unsupported_media_type"}
-        assert codes("503") == {"mlflow_unavailable", "database_unavailable"}
+        assert codes("503") == {
+            "mlflow_unavailable",
+            "database_unavailable",
+            "evaluation_unavailable",
+        }
         assert "Retry-After" in responses["503"]["headers"]
 
 

@@ -17,7 +17,19 @@ class TestReady:
     async def test_ready_when_database_and_mlflow_answer(self, api: Api) -> None:
         response = await api.client.get("/ready")
         assert response.status_code == 200
-        assert response.json() == {"status": "ok", "checks": {"database": "ok", "mlflow": "ok"}}
+        body = response.json()
+        assert body["status"] == "ok"
+        assert body["checks"] == {"database": "ok", "mlflow": "ok"}
+
+    async def test_reports_the_sandbox_probed_at_start_up(self, api: Api) -> None:
+        body = (await api.client.get("/ready")).json()
+        sandbox = api.app.state.evaluation.sandbox
+        assert body["sandbox"] == {
+            "mode": sandbox.mode.value,
+            "isolated": sandbox.isolated,
+            "evaluates": sandbox.mode.value != "none",
+            "detail": sandbox.detail,
+        }
 
     async def test_redis_is_reported_when_configured(self, api: Api) -> None:
         api.settings.redis_url = "redis://127.0.0.1:6379/0"

@@ -17,6 +17,7 @@ class Scope(StrEnum):
     MODELS_REGISTER = "models:register"
     EVENTS_READ = "events:read"
     WEBHOOKS_MANAGE = "webhooks:manage"
+    BENCHMARKS_MANAGE = "benchmarks:manage"
     ADMIN = "admin"
 
 

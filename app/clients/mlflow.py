@@ -425,6 +425,10 @@ class MlflowRegistry:
             run_id=run_id,
         )
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Store `text` as the run's artifact `artifact_file` (e.g. `hokusai/receipt.json`)."""
+        self._call("log_text", lambda c: c.log_text(run_id, text, artifact_file), run_id=run_id)
+
     def log_model_file(self, run_id: str, path: Path) -> None:
         """Upload one file under the run's `model/` artifact path."""
         if not path.is_file():

@@ -306,16 +306,7 @@ def _first_bad(
             if not math.isfinite(float(text)):
                 return index, f"is not a finite number: {_shown(cell)}"
         raise AssertionError("a chunk failed to parse but every cell parses")  # pragma: no cover
-    kind = column.kind
-    with np.errstate(invalid="ignore"):
-        if kind is Kind.BINARY:
-            ok = (values == 0) | (values == 1)
-        elif kind is Kind.PROBABILITY:
-            ok = (values >= 0) & (values <= 1)
-        elif kind is Kind.LABEL:
-            ok = (values == np.floor(values)) & (np.abs(values) <= _MAX_LABEL)
-        else:
-            ok = np.isfinite(values)
+    ok = _usable(values, column.kind)
     if bool(ok.all()):
         return None
     index = int(np.argmin(ok))
@@ -323,6 +314,68 @@ def _first_bad(
     if not math.isfinite(values[index]):
         return index, f"is not a finite number: {_shown(cell)}"
     return index, f"is {_shown(cell.strip())}"
+
+
+def _usable(values: FloatArray, kind: Kind) -> npt.NDArray[np.bool_]:
+    """Which values are finite numbers of `kind`."""
+    with np.errstate(invalid="ignore"):
+        if kind is Kind.BINARY:
+            return (values == 0) | (values == 1)
+        if kind is Kind.PROBABILITY:
+            return (values >= 0) & (values <= 1)
+        if kind is Kind.LABEL:
+            return (values == np.floor(values)) & (np.abs(values) <= _MAX_LABEL)
+        return np.isfinite(values)
+
+
+# Columns already in memory (a benchmark's labels, a sandboxed model's output) --------------------
+
+
+class CellError(ValueError):
+    """A cell of a column is not what the metric needs: its index and what is wrong."""
+
+    def __init__(self, index: int, problem: str) -> None:
+        super().__init__(problem)
+        self.index = index
+        self.problem = problem
+
+
+def parse_column(cells: list[str], kind: Kind, *, name: str) -> FloatArray:
+    """Text cells as floats of `kind`, by the rules a predictions file's cells follow."""
+    values: FloatArray | None = None
+    if _FOREIGN_CHAR.search(",".join(cells)) is None:
+        try:
+            values = np.array(cells, dtype=np.float64)
+        except ValueError:
+            values = None
+    bad = _first_bad(values, cells, Column(name, kind))
+    if bad is not None:
+        raise CellError(*bad)
+    assert values is not None
+    return values
+
+
+def first_unusable(values: FloatArray, kind: Kind) -> int | None:
+    """The index of the first value that is not a finite number of `kind`, if any."""
+    ok = _usable(values, kind)
+    return None if bool(ok.all()) else int(np.argmin(ok))
+
+
+def compute_from_columns(spec: MetricSpec, y_true: FloatArray, y_other: FloatArray) -> float:
+    """The metric of two aligned columns whose cells are already checked (`first_unusable`).
+
+    The same computation as `compute_from_predictions`; `InvalidPredictions` when the metric is
+    undefined for these values (one class only for auroc, a constant y_true for r2).
+    """
+    compute = _COMPUTE[spec.name]
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = compute(y_true, y_other)
+    if not math.isfinite(value):
+        raise InvalidPredictions(
+            f"{spec.name} is not a finite number for these predictions (the values are too large)",
+            extra={"metric_name": spec.name},
+        )
+    return value
 
 
 # Metrics -----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ class RegistrationStatus(StrEnum):
     REGISTERED = "registered"
     REJECTED = "rejected"
     FAILED = "failed"
+    EVALUATING = "evaluating"
 
 
 class Registration(SQLModel, table=True):
@@ -38,6 +39,12 @@ class Registration(SQLModel, table=True):
     higher_is_better: bool | None = None
     passed: bool | None = None
     metric_source: str | None = Field(default=None, max_length=16)
+    # Verified evaluation: what the registrant claimed, the measured value's 95% interval, the
+    # evaluation's progress and its signed receipt ({"payload", "jws"}).
+    metric_reported_value: float | None = None
+    metric_ci95: list[float] | None = Field(default=None, sa_type=JSONType)
+    evaluation: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    receipt: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
 
     artifact_filename: str | None = Field(default=None, max_length=255)
     artifact_size_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)

@@ -9,6 +9,11 @@ with the registration, carrying its metric and model, with a READY version tagge
 registration, is committed exactly as the registration would have committed it. Anything less is
 undone in MLflow (run FAILED, versions deleted) and the token goes `failed` with
 `registration_failed`. Upload folders left by a process killed mid-upload are removed too.
+
+A token held by an evaluated registration stays `registering` for as long as its evaluation job
+is queued or running: the job queue re-runs a job whose process died, so the sweep only renews
+the claim. An evaluating registration without a live job is settled like any other, and kept
+models of finished evaluations are removed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from app import background
 from app.clients.mlflow import ModelVersionRef, RegistrationRun
 from app.db import utcnow
 from app.errors import AppError, MlflowUnavailable, RegistrationInterrupted
+from app.evaluation import repository as evaluations
+from app.evaluation.models import LIVE_JOB_STATUSES
+from app.evaluation.service import remove_abandoned_models
 from app.registration import repository
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.service import (
@@ -67,6 +75,7 @@ class RecoveryReport:
     deferred: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     uploads_removed: int = 0
+    evaluation_models_removed: int = 0
 
     @property
     def settled(self) -> int:
@@ -107,7 +116,12 @@ async def recover_stale(
         now.timestamp() - lease,
         running_attempts(),
     )
-    if stale or report.uploads_removed:
+    async with services.database.transaction(read_only=True) as session:
+        live = frozenset(await evaluations.live_job_ids(session))
+    report.evaluation_models_removed = await anyio.to_thread.run_sync(
+        remove_abandoned_models, services.settings, live, now.timestamp() - lease
+    )
+    if stale or report.uploads_removed or report.evaluation_models_removed:
         log.info(
             "recovery_sweep_finished",
             registered=report.registered,
@@ -115,6 +129,7 @@ async def recover_stale(
             deferred=report.deferred,
             skipped=report.skipped,
             uploads_removed=report.uploads_removed,
+            evaluation_models_removed=report.evaluation_models_removed,
         )
     return report
 
@@ -155,11 +170,20 @@ async def _settle(
             now=now,
         )
         row = await repository.get(session, registration_id) if registration_id else None
+        evaluating = row is not None and row.status == RegistrationStatus.EVALUATING
+        job = await evaluations.get_job(session, row.id) if row is not None and evaluating else None
     if not claimed:
         log.info("stale_registration_taken_by_another", **context)
         return Outcome.SKIPPED
+    if job is not None and job.status in LIVE_JOB_STATUSES:
+        # The evaluation queue owns it (a dead worker's job is taken again after its lease).
+        log.info("stale_registration_evaluating", job_status=job.status.value, **context)
+        return Outcome.DEFERRED
     log.info("stale_registration_claimed", claimed_at=token.claimed_at, **context)
-    recorded = row is not None and row.status != RegistrationStatus.IN_PROGRESS
+    recorded = row is not None and row.status not in (
+        RegistrationStatus.IN_PROGRESS,
+        RegistrationStatus.EVALUATING,
+    )
     if recorded:
         # The attempt's outcome is on record (and MLflow was settled with it) but the token never
         # followed it: end the claim without rewriting that record or touching MLflow.

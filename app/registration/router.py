@@ -11,6 +11,8 @@ from app.deps import DatabaseDep, ModelsRegister, TokensRead
 from app.errors import (
     BenchmarkMismatch,
     ChecksumMismatch,
+    EvaluationFailed,
+    EvaluationUnavailable,
     IdempotencyKeyReused,
     InternalError,
     InvalidBaseline,
@@ -29,9 +31,11 @@ from app.errors import (
     UnsupportedMetric,
     ValidationFailed,
 )
+from app.evaluation import service as evaluation
 from app.metrics.registry import METRICS
 from app.openapi import REQUEST_NOT_VALID, problem_responses
 from app.registration import service
+from app.registration.models import RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
 
 router = APIRouter(tags=["registrations"])
@@ -144,6 +148,17 @@ TokenIdPath = Annotated[
                 }
             }
         },
+        202: {
+            "description": "The token has a sealed benchmark: the model is being evaluated "
+            "(status `evaluating`); follow `Location` until the status changes",
+            "model": RegistrationPublic,
+            "headers": {
+                "Location": {
+                    "description": "`/registrations/{registration_id}`",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         **problem_responses(
             TokenNotFound,
             TokenNotRegistrable,
@@ -168,9 +183,21 @@ TokenIdPath = Annotated[
                 "send exactly one of 'metric_value' (the score) and 'predictions' (a CSV the "
                 "service scores)",
             ),
+            (
+                EvaluationFailed,
+                "the model raised an error (raised): ValueError: X has 3 features, but "
+                "LogisticRegression is expecting 4 features as input.",
+                {"reason": "raised"},
+            ),
             InternalError,
             MlflowFailed,
             MlflowUnavailable,
+            (
+                EvaluationUnavailable,
+                "this service cannot run models in an isolated sandbox, so it cannot evaluate "
+                "them (no bubblewrap or unshare); ask the operator to install bubblewrap",
+                {"sandbox": "none"},
+            ),
             scope=Scope.MODELS_REGISTER,
         ),
     },
@@ -191,6 +218,16 @@ async def register_model(
             "the first is still running, a 409 `registration_in_progress`.",
         ),
     ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias="Prefer",
+            max_length=200,
+            description="Optional, for a token with a sealed benchmark: `wait=N` (N ≤ 300) "
+            "holds the answer up to N seconds while the model is evaluated; a finished "
+            "evaluation then answers as a synchronous registration does (201 or the 422).",
+        ),
+    ] = None,
 ) -> RegistrationPublic:
     """Register a trained model for a draft or failed token (multipart upload).
 
@@ -199,9 +236,12 @@ async def register_model(
     checked, and the model is logged to MLflow as a run and a new version of the token's
     registered model; the token becomes `registered` together with its `model_registered` and
     `token_ready_for_deploy` events. A request refused by a check leaves the token and MLflow
-    as they were; the attempt is kept as a `rejected` registration. Send the text fields before
-    `model_file`: a wrong metric is then refused before the upload is read. To try it from
-    /docs, create the example token with `POST /tokens` first and pick any small model file.
+    as they were; the attempt is kept as a `rejected` registration. For a token with a sealed
+    benchmark the service runs the model in a sandbox and measures the metric itself: the
+    answer is a 202 `evaluating` (or, with `Prefer: wait=N`, the outcome when it comes in
+    time). Send the text fields before `model_file`: a wrong metric is then refused before the
+    upload is read. To try it from /docs, create the example token with `POST /tokens` first
+    and pick any small model file.
     """
     services: service.RegistrationServices = request.app.state.registration
     result = await service.register(
@@ -212,6 +252,13 @@ async def register_model(
         idempotency_key=idempotency_key,
     )
     response.headers["Location"] = f"/registrations/{result.registration_id}"
+    if result.status == RegistrationStatus.EVALUATING:
+        wait = evaluation.parse_prefer_wait(prefer)
+        if wait:
+            response.headers["Preference-Applied"] = f"wait={wait}"
+            result = await evaluation.await_outcome(services.database, result, wait)
+        if result.status == RegistrationStatus.EVALUATING:
+            response.status_code = status.HTTP_202_ACCEPTED
     return result
 
 

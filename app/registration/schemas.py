@@ -26,6 +26,8 @@ EXAMPLE_REGISTRATION: dict[str, Any] = {
         "higher_is_better": True,
         "passed": True,
         "source": "reported",
+        "reported_value": None,
+        "ci95": None,
     },
     "artifact": {
         "filename": "model.pkl",
@@ -34,6 +36,7 @@ EXAMPLE_REGISTRATION: dict[str, Any] = {
         "format": "pickle",
     },
     "api_schema": None,
+    "evaluation": None,
     "tags": {"framework": "sklearn"},
     "event_ids": [
         "0b7f4c5e-2d7a-4d8e-9a3b-5f6c7d8e9f01",
@@ -79,8 +82,37 @@ class MetricResult(BaseModel):
     higher_is_better: bool
     passed: bool
     source: str | None = Field(
-        default=None, description="`reported` (metric_value) or `computed` (from predictions)"
+        default=None,
+        description="`reported` (metric_value), `computed` (from predictions) or `evaluated` "
+        "(measured by the service on the token's sealed benchmark)",
     )
+    reported_value: float | None = Field(
+        default=None,
+        description="what the registrant sent (metric_value, or computed from predictions) "
+        "when the service measured the metric itself; it decides nothing",
+    )
+    ci95: list[float] | None = Field(
+        default=None,
+        description="`[low, high]`: the 95% confidence interval of an evaluated value "
+        "(percentile bootstrap); null when not evaluated",
+    )
+
+
+class EvaluationResult(BaseModel):
+    """How the service's own measurement of the model went."""
+
+    status: str = Field(description="`queued`, `running`, `succeeded` or `failed`")
+    benchmark_version: int
+    benchmark_sha256: str
+    rows: int
+    sandbox: str = Field(
+        description="how the model was isolated: `bubblewrap`, `unshare`, or `process` "
+        "(not isolated: development only)"
+    )
+    sandbox_detail: str | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    seconds: float | None = Field(default=None, description="the sandboxed run's wall time")
 
 
 class ArtifactResult(BaseModel):
@@ -105,6 +137,9 @@ class RegistrationPublic(BaseModel):
     metric: MetricResult | None
     artifact: ArtifactResult | None
     api_schema: dict[str, Any] | None
+    evaluation: EvaluationResult | None = Field(
+        default=None, description="the evaluation on the token's sealed benchmark, if any"
+    )
     tags: dict[str, str]
     event_ids: list[str]
     error: dict[str, Any] | None
@@ -129,6 +164,8 @@ class RegistrationPublic(BaseModel):
                 higher_is_better=bool(row.higher_is_better),
                 passed=bool(row.passed),
                 source=row.metric_source,
+                reported_value=row.metric_reported_value,
+                ci95=row.metric_ci95,
             )
         artifact = None
         if row.artifact_filename is not None and row.artifact_sha256 is not None:
@@ -149,6 +186,7 @@ class RegistrationPublic(BaseModel):
             metric=metric,
             artifact=artifact,
             api_schema=row.api_schema,
+            evaluation=EvaluationResult(**row.evaluation) if row.evaluation else None,
             tags=row.tags,
             event_ids=row.event_ids,
             error=row.error,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -98,6 +98,25 @@ _MAX_PAUSE_SECONDS = 300.0
 _running: set[str] = set()
 
 
+class Evaluations(Protocol):
+    """Verified evaluation, as a registration sees it (app.evaluation.service implements it)."""
+
+    async def benchmark_for(self, token: Token) -> object | None:
+        """The token's sealed benchmark, if it has one: then the model is evaluated."""
+
+    async def enqueue(
+        self,
+        services: RegistrationServices,
+        attempt: Attempt,
+        form: RegistrationForm,
+        unpacked: Path | None,
+        *,
+        token: Token,
+        benchmark: object,
+    ) -> RegistrationPublic:
+        """Claim the token and queue the evaluation in one transaction; refusals raise first."""
+
+
 @dataclass(frozen=True, slots=True)
 class RegistrationServices:
     """What a registration needs from the running service."""
@@ -106,6 +125,7 @@ class RegistrationServices:
     database: Database
     mlflow: MlflowRegistry
     mlflow_limiter: CapacityLimiter
+    evaluations: Evaluations | None = None
 
 
 @dataclass(slots=True)
@@ -124,6 +144,8 @@ class Attempt:
     metric_value: float | None = None
     baseline: float | None = None
     metric_source: str | None = None
+    min_improvement: float | None = None
+    reported_value: float | None = None
     model_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
@@ -131,6 +153,10 @@ class Attempt:
     sha256: str | None = None
     format: ModelFormat | None = None
     api_schema: dict[str, Any] | None = None
+    # An evaluated registration's extra MLflow run tags, metrics and text artifacts.
+    extra_run_tags: dict[str, str] = field(default_factory=dict)
+    extra_run_metrics: dict[str, float] = field(default_factory=dict)
+    extra_artifacts: dict[str, str] = field(default_factory=dict)
     # Filled in from the MLflow worker thread, read by the compensation on failure.
     run_id: str | None = None
     model_version: str | None = None
@@ -164,11 +190,12 @@ class Attempt:
             metric_name=check.name if check else self.metric_name,
             metric_value=check.value if check else self.metric_value,
             baseline=check.baseline if check else self.baseline,
-            min_improvement=check.min_improvement if check else None,
+            min_improvement=check.min_improvement if check else self.min_improvement,
             improvement=check.improvement if check else None,
             higher_is_better=check.higher_is_better if check else None,
             passed=check.passed if check else None,
             metric_source=self.metric_source,
+            metric_reported_value=self.reported_value,
             artifact_filename=self.filename,
             artifact_size_bytes=self.size_bytes,
             artifact_sha256=self.sha256,
@@ -238,6 +265,8 @@ async def register(
             token = await tokens.get(session, token_id)
         if token is None:
             raise TokenNotFound(f"no token {token_id}")
+        evaluations = services.evaluations
+        benchmark = await evaluations.benchmark_for(token) if evaluations else None
         try:
             _require_registrable(token)
             with attempt.step("receive_upload"):
@@ -249,10 +278,19 @@ async def register(
                 )
             attempt.fingerprint = _fingerprint(token_id, form)
             with attempt.step("check_metric"):
-                await _check_metric(services, token, form, attempt)
+                if benchmark is None:
+                    await _check_metric(services, token, form, attempt)
+                else:
+                    await _check_reported_metric(token, form, attempt)
             with attempt.step("check_upload"):
                 unpacked = await _check_upload(services, form, attempt, workdir)
             _parse_request_options(token, form, attempt)
+            if evaluations is not None and benchmark is not None:
+                # The model is scored in the sandbox; the outcome commits when that is done.
+                with attempt.step("queue_evaluation"):
+                    return await evaluations.enqueue(
+                        services, attempt, form, unpacked, token=token, benchmark=benchmark
+                    )
             with attempt.step("claim_token"):
                 await _claim(services.database, attempt)
         except AppError as e:
@@ -355,7 +393,7 @@ def _replay(previous: Registration, fingerprint: str) -> RegistrationPublic:
     log.info("registration_replayed", previous_registration_id=previous.id)
     replayed_code = str((previous.error or {}).get("code", ""))
     observability.REGISTRATIONS.labels("replayed", replayed_code).inc()
-    if previous.status == RegistrationStatus.REGISTERED:
+    if previous.status in (RegistrationStatus.REGISTERED, RegistrationStatus.EVALUATING):
         return RegistrationPublic.of(previous)
     raise StoredProblem({**(previous.error or {}), "registration_id": previous.id})
 
@@ -452,6 +490,33 @@ async def _check_metric(
         )
     attempt.check = evaluate(spec, value=value, baseline=baseline, min_improvement=min_improvement)
     require_passed(attempt.check)
+
+
+async def _check_reported_metric(token: Token, form: RegistrationForm, attempt: Attempt) -> None:
+    """For a token with a benchmark: the service measures the metric, so `metric_value` and
+    `predictions` are optional and only kept as what the registrant reported."""
+    fields = form.fields
+    spec, _ = _resolve_fields(token, fields, attempt)
+    if fields.get("metric_value") and form.predictions is not None:
+        raise ValidationFailed("send at most one of 'metric_value' and 'predictions'")
+    reported: float | None = None
+    if form.predictions is not None:
+        reported = await anyio.to_thread.run_sync(
+            compute_from_predictions, spec, form.predictions.path
+        )
+    elif fields.get("metric_value"):
+        reported = parse_number(
+            fields["metric_value"], field="metric_value", error=InvalidMetricValue
+        )
+    if reported is not None:
+        attempt.reported_value = validate_metric_value(spec, reported)
+    attempt.metric_value = None
+    attempt.metric_source = "evaluated"
+    attempt.min_improvement = 0.0
+    if fields.get("min_improvement"):
+        attempt.min_improvement = validate_min_improvement(
+            parse_number(fields["min_improvement"], field="min_improvement", error=ValidationFailed)
+        )
 
 
 async def _check_upload(
@@ -593,10 +658,15 @@ def _log_to_mlflow(
             "hokusai.metric_value": repr(check.value),
             "hokusai.registration_id": attempt.id,
             "hokusai.sha256": form.model.sha256,
+            **attempt.extra_run_tags,
         },
     )
     _pause_point_sync(services.settings, "during_mlflow")
     mlflow.log_metric(attempt.run_id, check.name, check.value)
+    for name, value in attempt.extra_run_metrics.items():
+        mlflow.log_metric(attempt.run_id, name, value)
+    for artifact_file, text in attempt.extra_artifacts.items():
+        mlflow.log_text(attempt.run_id, text, artifact_file)
     if unpacked is not None:
         mlflow.log_model_dir(attempt.run_id, unpacked)
     else:
@@ -649,7 +719,7 @@ async def commit_registration(database: Database, row: Registration) -> Registra
             raise TokenNotRegistrable(
                 f"token {row.token_id} changed while its model was being registered"
             )
-        common = {
+        common: dict[str, Any] = {
             "token_id": row.token_id,
             "mlflow_run_id": row.mlflow_run_id,
             "model_name": row.model_name,
@@ -658,6 +728,12 @@ async def commit_registration(database: Database, row: Registration) -> Registra
             "metric_value": row.metric_value,
             "baseline_value": row.baseline,
         }
+        if row.metric_source == "evaluated":
+            common |= {
+                "metric_source": row.metric_source,
+                "ci95": row.metric_ci95,
+                "benchmark_sha256": (row.evaluation or {}).get("benchmark_sha256"),
+            }
         events = [
             NewEvent(
                 EventType.MODEL_REGISTERED,
@@ -854,6 +930,10 @@ def _client_error(error: BaseException) -> AppError:
     if isinstance(error, MlflowError):
         return MlflowFailed(str(error)[:500] or "MLflow refused the registration")
     return InternalError("the registration failed unexpectedly; the token is now failed")
+
+
+# The evaluation worker finishes an evaluated registration with the same MLflow step.
+log_to_mlflow = _log_to_mlflow
 
 
 # Test hooks --------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class Token(SQLModel, table=True):
     )
     metric: str | None = Field(default=None, max_length=64)
     baseline: float | None = None
+    # When set, an evaluated registration passes only if its whole interval at this level does.
+    confidence: float | None = None
     metric_value: float | None = None
     mlflow_run_id: str | None = Field(default=None, max_length=64)
     model_name: str | None = Field(default=None, max_length=256)

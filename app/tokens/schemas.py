@@ -22,6 +22,7 @@ EXAMPLE_TOKEN: dict[str, Any] = {
     "status": "registered",
     "metric": "auroc",
     "baseline": 0.82,
+    "confidence": None,
     "metric_value": 0.86,
     "mlflow_run_id": "9f2b6c1d4e8a4b7f9c0d1e2f3a4b5c6d",
     "model_name": "hokusai-XRAY",
@@ -78,6 +79,13 @@ class TokenCreate(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     metric: str | None = Field(default=None, max_length=64)
     baseline: float | None = None
+    confidence: float | None = Field(
+        default=None,
+        gt=0.5,
+        lt=1,
+        description="a level in (0.5, 1), e.g. 0.95: an evaluated registration passes only if "
+        "its whole confidence interval at this level clears the bar",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("metadata")
@@ -97,6 +105,12 @@ class TokenUpdate(BaseModel):
 
     status: Literal["deployed", "archived"] | None = None
     name: str | None = Field(default=None, max_length=200)
+    confidence: float | None = Field(
+        default=None,
+        gt=0.5,
+        lt=1,
+        description="a level in (0.5, 1); null clears it (then the measured value alone decides)",
+    )
     metadata: dict[str, Any] | None = None
 
 
@@ -110,6 +124,7 @@ class TokenPublic(BaseModel):
     status: TokenStatus
     metric: str | None
     baseline: float | None
+    confidence: float | None = None
     metric_value: float | None
     mlflow_run_id: str | None
     model_name: str | None
@@ -128,6 +143,7 @@ class TokenPublic(BaseModel):
             status=token.status,
             metric=token.metric,
             baseline=token.baseline,
+            confidence=token.confidence,
             metric_value=token.metric_value,
             mlflow_run_id=token.mlflow_run_id,
             model_name=token.model_name,

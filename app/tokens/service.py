@@ -42,6 +42,7 @@ async def create_token(database: Database, body: TokenCreate) -> TokenPublic:
         name=body.name,
         metric=metric,
         baseline=baseline,
+        confidence=body.confidence,
         token_metadata=body.metadata,
     )
     try:
@@ -102,6 +103,8 @@ async def update_token(database: Database, raw_token_id: str, body: TokenUpdate)
             token.name = body.name
         if body.metadata is not None:
             token.token_metadata = body.metadata
+        if "confidence" in body.model_fields_set:
+            token.confidence = body.confidence
         token.updated_at = utcnow()
         session.add(token)
         if token.status == TokenStatus.DEPLOYED and previous_status != TokenStatus.DEPLOYED:

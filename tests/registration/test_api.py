@@ -83,7 +83,10 @@ class TestSuccessfulRegistration:
             "higher_is_better": True,
             "passed": True,
             "source": "reported",
+            "reported_value": None,
+            "ci95": None,
         }
+        assert body["evaluation"] is None
         assert body["artifact"] == {
             "filename": "model.pkl",
             "size_bytes": len(model),

@@ -40,6 +40,10 @@ REQUIRED_SCOPE: dict[tuple[str, str], Scope | None] = {
     ("GET", "/webhooks/{webhook_id}/deliveries"): Scope.WEBHOOKS_MANAGE,
     ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"): Scope.WEBHOOKS_MANAGE,
     ("POST", "/webhooks/{webhook_id}/test"): Scope.WEBHOOKS_MANAGE,
+    ("PUT", "/tokens/{token_id}/benchmark"): Scope.BENCHMARKS_MANAGE,
+    ("GET", "/tokens/{token_id}/benchmark"): Scope.TOKENS_READ,
+    ("GET", "/registrations/{registration_id}/receipt"): Scope.TOKENS_READ,
+    ("GET", "/.well-known/jwks.json"): OPEN,
 }
 
 # The columns: a key holding exactly one scope, and no key at all.

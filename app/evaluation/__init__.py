@@ -1,0 +1,1 @@
+"""Verified evaluation: sealed benchmarks, sandboxed scoring of registered models, receipts."""

@@ -1,0 +1,453 @@
+"""Sealed benchmarks: receiving the CSV, checking it, and storing features and labels apart.
+
+The upload is streamed to a file under a name the service chooses, hashed and capped as it
+arrives. Parsing runs in a worker thread and reads the file a block of rows at a time: the
+feature columns are written straight to `features.csv` (what a model is shown), the label column
+is converted to numbers as the metric needs them and saved as `labels.npy`, which only the service
+reads. Memory holds one block of rows and the labels as float64 (8 bytes a row, at most
+`MAX_ROWS` rows).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import operator
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import numpy as np
+import numpy.typing as npt
+from starlette.requests import ClientDisconnect, Request
+from streaming_form_data import StreamingFormDataParser
+from streaming_form_data.parser import ParseFailedException
+from streaming_form_data.targets import BaseTarget
+
+from app.errors import (
+    InvalidBenchmark,
+    InvalidPredictions,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnsupportedMetric,
+    ValidationFailed,
+)
+from app.metrics.compute import (
+    COLUMNS,
+    CellError,
+    Kind,
+    compute_from_columns,
+    parse_column,
+)
+from app.metrics.registry import METRICS, MetricSpec
+
+FloatArray = npt.NDArray[np.float64]
+
+DATASET_FIELD = "dataset"
+LABEL_FIELD = "label_column"
+DEFAULT_LABEL_COLUMN = "y_true"
+FEATURES_FILE = "features.csv"
+LABELS_FILE = "labels.npy"
+
+MAX_ROWS = 10_000_000
+MAX_COLUMNS = 2_000
+MAX_COLUMN_NAME = 200
+MAX_CLASSES = 1_000
+MAX_FIELD_BYTES = 1024
+_CHUNK_ROWS = 32_768
+_MAX_LINE_CHARS = 1 << 20
+_READ_CHARS = 1 << 16
+_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)")
+_MAX_ECHO = 40
+_WRITE_BUFFER = 1024 * 1024
+# What pandas reads as a boolean column.
+_BOOL_WORDS = frozenset({"True", "False", "true", "false", "TRUE", "FALSE"})
+_INTEGER = re.compile(r"^[+-]?\d{1,18}$")
+_FLOAT_CHARS = re.compile(r"[^0-9eE+\-.,]")
+# The dtypes a model's DataFrame gets, from the narrowest a column can be read as.
+DTYPES = ("bool", "int64", "float64", "object")
+CLASSIFICATION = frozenset({"accuracy", "auroc", "f1", "precision", "recall", "log_loss"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedDataset:
+    path: Path
+    size: int
+    sha256: str
+    label_column: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBenchmark:
+    """What the stored benchmark's metadata says; the rows are in its folder."""
+
+    rows: int
+    label_column: str
+    features: list[dict[str, str]]
+    classes: list[Any] | None
+
+
+def metric_for_benchmark(metric: str | None) -> MetricSpec:
+    """The token's metric, if a benchmark can score it; `UnsupportedMetric` otherwise."""
+    computable = [name for name, s in METRICS.items() if s.computable]
+    if metric is None:
+        raise UnsupportedMetric(
+            "the token has no metric; set one on the token before uploading a benchmark",
+            extra={"computable_metrics": computable},
+        )
+    spec = METRICS[metric]
+    if not spec.computable:
+        raise UnsupportedMetric(
+            f"{spec.name} cannot be computed from a model's predictions, so a benchmark cannot "
+            f"score it; benchmarks support {', '.join(computable)}",
+            extra={"metric_name": spec.name, "computable_metrics": computable},
+        )
+    return spec
+
+
+# Receiving ---------------------------------------------------------------------------------------
+
+
+class _TextField(BaseTarget):
+    def __init__(self, name: str, values: dict[str, str]) -> None:
+        super().__init__()
+        self._name = name
+        self._values = values
+        self._data = bytearray()
+
+    def on_data_received(self, chunk: bytes) -> None:
+        self._data += chunk
+        if len(self._data) > MAX_FIELD_BYTES:
+            raise ValidationFailed(f"the field {self._name!r} is longer than {MAX_FIELD_BYTES}")
+
+    def on_finish(self) -> None:
+        if self._name in self._values:
+            raise ValidationFailed(f"the field {self._name!r} was sent more than once")
+        try:
+            self._values[self._name] = self._data.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ValidationFailed(f"the field {self._name!r} is not UTF-8 text") from e
+
+
+class _DatasetFile(BaseTarget):
+    """Writes the dataset to `path` (a name the service chose), hashing and capping it."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__()
+        self.path = path
+        self._limit = limit
+        self._hash = hashlib.sha256()
+        self._file: BinaryIO | None = None
+        self.size = 0
+        self.started = False
+        self.done = False
+
+    def on_start(self) -> None:
+        if self.started:
+            raise ValidationFailed(f"the file field {DATASET_FIELD!r} was sent more than once")
+        self.started = True
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
+
+    def on_data_received(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self._limit:
+            raise PayloadTooLarge(
+                f"the benchmark file is larger than the limit of {self._limit} bytes",
+                extra={"limit_bytes": self._limit},
+            )
+        self._hash.update(chunk)
+        assert self._file is not None
+        self._file.write(chunk)
+
+    def on_finish(self) -> None:
+        self.close()
+        self.done = True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+async def receive_dataset(request: Request, *, directory: Path, limit: int) -> ReceivedDataset:
+    """Stream the multipart body's `dataset` into `directory/dataset.csv` (`directory` exists)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UnsupportedMediaType(
+            "send the benchmark as multipart/form-data with the CSV in the field 'dataset'",
+            extra={"content_type": content_type[:100]},
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLarge(
+            f"the benchmark file is larger than the limit of {limit} bytes",
+            extra={"limit_bytes": limit},
+        )
+    fields: dict[str, str] = {}
+    dataset = _DatasetFile(directory / "dataset.csv", limit)
+    try:
+        parser = StreamingFormDataParser(headers=request.headers)
+    except (ParseFailedException, ValueError, KeyError) as e:
+        raise ValidationFailed("the multipart body has no valid boundary") from e
+    parser.register(DATASET_FIELD, dataset)
+    parser.register(LABEL_FIELD, _TextField(LABEL_FIELD, fields))
+    try:
+        async for chunk in request.stream():
+            parser.data_received(chunk)
+    except ParseFailedException as e:
+        raise ValidationFailed("the multipart body is malformed") from e
+    except ClientDisconnect as e:
+        raise ValidationFailed("the client disconnected before the upload finished") from e
+    finally:
+        dataset.close()
+    if not dataset.done:
+        raise InvalidBenchmark(
+            "send the benchmark CSV as the multipart file field 'dataset'"
+            if not dataset.started
+            else "the dataset file part is incomplete"
+        )
+    label = fields.get(LABEL_FIELD) or DEFAULT_LABEL_COLUMN
+    return ReceivedDataset(
+        path=dataset.path, size=dataset.size, sha256=dataset.sha256, label_column=label
+    )
+
+
+# Parsing -----------------------------------------------------------------------------------------
+
+
+def _shown(text: str) -> str:
+    return repr(text[:_MAX_ECHO] + ("…" if len(text) > _MAX_ECHO else ""))
+
+
+def _bounded_lines(handle: TextIO) -> Iterator[str]:
+    """The file's lines, ends kept, never holding one longer than `_MAX_LINE_CHARS`."""
+    pending = ""
+    while block := handle.read(_READ_CHARS):
+        text = pending + block
+        end = len(text) - 1 if text.endswith("\r") else len(text)
+        cut = max(text.rfind("\n", 0, end), text.rfind("\r", 0, end)) + 1
+        pending = text[cut:]
+        if len(pending) > _MAX_LINE_CHARS:
+            raise InvalidBenchmark(
+                f"the benchmark has a line longer than {_MAX_LINE_CHARS} characters; "
+                "is it a CSV file?"
+            )
+        if cut:
+            yield from _LINE.findall(text, 0, cut)
+    if pending:
+        yield pending
+
+
+class _ColumnType:
+    """The narrowest dtype every cell seen so far fits: bool, int64, float64, else object."""
+
+    def __init__(self) -> None:
+        self.index = 0  # into DTYPES
+
+    def update(self, cells: list[str]) -> None:
+        if self.index == 0 and not _BOOL_WORDS.issuperset(cells):
+            self.index = 1
+        if self.index == 1 and not all(map(_INTEGER.match, cells)):
+            self.index = 2
+        if self.index == 2 and not _all_floats(cells):
+            self.index = 3
+
+    @property
+    def dtype(self) -> str:
+        return DTYPES[self.index]
+
+
+def _all_floats(cells: list[str]) -> bool:
+    """Whether every cell is a number or empty (read as NaN), as pandas reads a float column."""
+    present = [cell for cell in cells if cell.strip()]
+    if _FLOAT_CHARS.search("".join(present).replace(" ", "")) is not None:
+        return False
+    try:
+        np.array(present, dtype=np.float64)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_benchmark(
+    spec: MetricSpec, source: Path, destination: Path, *, label_column: str
+) -> ParsedBenchmark:
+    """Check the CSV and write `features.csv` and `labels.npy` into `destination`.
+
+    `InvalidBenchmark` names the row (and file line) at fault for any unusable file.
+    """
+    label_kind = COLUMNS[spec.name][0].kind
+    try:
+        with (
+            source.open("r", encoding="utf-8-sig", newline="") as handle,
+            (destination / FEATURES_FILE).open("w", encoding="utf-8", newline="") as out,
+        ):
+            reader = csv.reader(_bounded_lines(handle), strict=True)
+            writer = csv.writer(out, lineterminator="\n")
+            try:
+                label_name, features, labels = _parse_rows(
+                    reader, writer, spec, label_kind, label_column=label_column
+                )
+            except csv.Error as e:
+                raise InvalidBenchmark(
+                    f"the benchmark is not valid CSV at line {reader.line_num}: {e}"
+                ) from None
+    except UnicodeDecodeError:
+        raise InvalidBenchmark("the benchmark is not UTF-8 text") from None
+    _check_labels_usable(spec, labels)
+    classes: list[Any] | None = None
+    if spec.name in CLASSIFICATION:
+        distinct = np.unique(labels)
+        if distinct.size > MAX_CLASSES:
+            raise InvalidBenchmark(
+                f"the label column has {distinct.size} distinct values; {spec.name} takes at "
+                f"most {MAX_CLASSES} classes"
+            )
+        classes = [int(value) for value in distinct]
+    fd = os.open(destination / LABELS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        np.save(file, labels, allow_pickle=False)
+    os.chmod(destination / FEATURES_FILE, 0o600)
+    return ParsedBenchmark(
+        rows=int(labels.size),
+        label_column=label_name,
+        features=[{"name": name, "dtype": dtype} for name, dtype in features],
+        classes=classes,
+    )
+
+
+def _check_header(header: list[str], label_column: str) -> tuple[list[str], int]:
+    names = [cell.strip() for cell in header]
+    if not any(names):
+        raise InvalidBenchmark("the first line of the benchmark must be a header row")
+    if len(names) > MAX_COLUMNS:
+        raise InvalidBenchmark(f"the benchmark has more than {MAX_COLUMNS} columns")
+    for name in names:
+        if not name:
+            raise InvalidBenchmark("every column of the header row needs a name")
+        if len(name) > MAX_COLUMN_NAME or not name.isprintable():
+            raise InvalidBenchmark(
+                f"column names must be at most {MAX_COLUMN_NAME} printable characters; got "
+                f"{_shown(name)}"
+            )
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise InvalidBenchmark(
+            f"the header row names {', '.join(_shown(n) for n in duplicated[:5])} more than once"
+        )
+    if label_column not in names:
+        found = ", ".join(_shown(name) for name in names[:20])
+        raise InvalidBenchmark(
+            f"the label column {_shown(label_column)} is not in the header row (found {found}); "
+            "name it with the field 'label_column'",
+            extra={"label_column": label_column[:MAX_COLUMN_NAME]},
+        )
+    if len(names) < 2:
+        raise InvalidBenchmark("the benchmark needs at least one feature column besides the label")
+    return names, names.index(label_column)
+
+
+def _parse_rows(
+    reader: Any,
+    writer: Any,
+    spec: MetricSpec,
+    label_kind: Kind,
+    *,
+    label_column: str,
+) -> tuple[str, list[tuple[str, str]], FloatArray]:
+    header = next(reader, None)
+    if header is None:
+        raise InvalidBenchmark("the benchmark file is empty")
+    names, label_index = _check_header(header, label_column)
+    width = len(names)
+    feature_indices = [i for i in range(width) if i != label_index]
+    feature_names = [names[i] for i in feature_indices]
+    writer.writerow(feature_names)
+    types = [_ColumnType() for _ in feature_indices]
+    take_features = operator.itemgetter(*feature_indices)
+    label_parts: list[FloatArray] = []
+    total = 0
+    while True:
+        limit = max(1, min(_CHUNK_ROWS, MAX_ROWS - total + 1))
+        chunk = list(islice(reader, limit))
+        if not chunk:
+            break
+        at_end = len(chunk) < limit
+        if [] in chunk:
+            chunk = [row for row in chunk if row]
+        if set(map(len, chunk)) - {width}:
+            index = next(i for i, row in enumerate(chunk) if len(row) != width)
+            raise InvalidBenchmark(
+                f"row {total + index + 1} has {len(chunk[index])} fields; the header has {width}",
+                extra={"row": total + index + 1},
+            )
+        if total + len(chunk) > MAX_ROWS:
+            raise InvalidBenchmark(
+                f"the benchmark has more than {MAX_ROWS} rows", extra={"max_rows": MAX_ROWS}
+            )
+        labels = [row[label_index] for row in chunk]
+        try:
+            label_parts.append(parse_column(labels, label_kind, name=names[label_index]))
+        except CellError as bad:
+            raise InvalidBenchmark(
+                f"row {total + bad.index + 1}: the label {bad.problem}; {spec.name} needs "
+                f"labels that are {label_kind.value}",
+                extra={"row": total + bad.index + 1},
+            ) from None
+        if len(feature_indices) == 1:
+            rows = [(row[feature_indices[0]],) for row in chunk]
+        else:
+            rows = list(map(take_features, chunk))
+        for position, column_type in enumerate(types):
+            column_type.update([row[position] for row in rows])
+        writer.writerows(rows)
+        total += len(chunk)
+        if at_end:
+            break
+    if total == 0:
+        raise InvalidBenchmark("the benchmark has a header row but no data rows")
+    features = [(name, t.dtype) for name, t in zip(feature_names, types, strict=True)]
+    return names[label_index], features, np.concatenate(label_parts)
+
+
+def _check_labels_usable(spec: MetricSpec, labels: FloatArray) -> None:
+    """The metric must be defined on these labels: a perfect model must get a score."""
+    try:
+        compute_from_columns(spec, labels, labels)
+    except InvalidPredictions as e:
+        raise InvalidBenchmark(
+            f"{spec.name} cannot be computed on this benchmark's labels: "
+            + e.detail.replace("y_true", "the label"),
+        ) from None
+
+
+# Storage -----------------------------------------------------------------------------------------
+
+
+def new_storage(root: Path) -> tuple[str, Path]:
+    """A fresh private folder for one benchmark version, named by its id."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    benchmark_id = str(uuid.uuid4())
+    folder = root / benchmark_id
+    folder.mkdir(mode=0o700)
+    return benchmark_id, folder
+
+
+def load_labels(folder: Path) -> FloatArray:
+    labels: FloatArray = np.load(folder / LABELS_FILE, allow_pickle=False)
+    return labels
+
+
+def remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
