@@ -27,8 +27,8 @@ log = structlog.get_logger("app.request")
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 # Probes are polled constantly; their lines would drown everything else.
 _QUIET_PATHS = frozenset({"/health", "/ready"})
-# The one route taking multipart uploads; it enforces its own limits while streaming to disk.
-_UPLOAD_PATH = re.compile(r"/models/[^/]+/register")
+# The routes taking multipart uploads; each enforces its own limits while streaming to disk.
+_UPLOAD_PATH = re.compile(r"/models/[^/]+/register|/tokens/[^/]+/benchmark")
 # Metric labels take bounded values: anything else is counted as one of these.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "unmatched"

@@ -9,6 +9,7 @@ kills whatever runs it is refused with `evaluation_failed` rather than tried for
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import json
@@ -83,7 +84,7 @@ class Evaluator:
         self.settings = evaluation.settings
         self.database = evaluation.database
         self.owner = _owner()
-        self.slots = CapacityLimiter(self.settings.evaluation_concurrency)
+        self.slots = asyncio.Semaphore(self.settings.evaluation_concurrency)
         # Sandboxes block a thread each; scoring and settling need threads of their own.
         self.threads = CapacityLimiter(self.settings.evaluation_concurrency)
 
@@ -94,6 +95,13 @@ class Evaluator:
     async def run(self) -> None:
         """Take jobs as slots free up, until cancelled."""
         structlog.contextvars.clear_contextvars()
+        try:
+            await self._run()
+        except Exception:
+            log.exception("evaluator_stopped")
+            raise
+
+    async def _run(self) -> None:
         async with anyio.create_task_group() as group:
             while True:
                 await self.slots.acquire()
