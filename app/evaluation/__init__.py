@@ -1,1 +1,0 @@
-"""Verified evaluation: sealed benchmarks, sandboxed scoring of registered models, receipts."""
