@@ -8,8 +8,10 @@ that sandbox; the metric is checked against scikit-learn on the same rows.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,7 +20,7 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import KeySet
 from mlflow import MlflowClient
-from sklearn.metrics import mean_squared_error, roc_auc_score
+from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score
 
 from app.evaluation.sandbox import SandboxInfo, SandboxMode
 from tests.conftest import Api
@@ -273,6 +275,34 @@ class TestEvaluatedRegistration:
             f"/registrations/{strict_body['registration_id']}/receipt", headers=api.auth()
         )
         assert receipt.json()["payload"]["confidence"] == 0.99
+
+    async def test_mlflow_archive_is_evaluated_as_a_pyfunc_model(
+        self, api: Api, tmp_path: Path
+    ) -> None:
+        import mlflow.sklearn
+
+        data = classification()
+        model = logistic(data)
+        folder = tmp_path / f"model-{api.backend}"
+        mlflow.sklearn.save_model(model, str(folder), serialization_format="cloudpickle")
+        archive = shutil.make_archive(str(tmp_path / f"archive-{api.backend}"), "zip", folder)
+        await benchmarked_token(api, "PYFUNC", data, metric="accuracy", baseline=0.5)
+        response = await submit(
+            api,
+            "PYFUNC",
+            Path(archive).read_bytes(),
+            metric="accuracy",
+            baseline=0.5,
+            filename="model.zip",
+            wait=120,
+        )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["artifact"]["format"] == "mlflow_zip"
+        expected = accuracy_score(data.y_test, model.predict(frame(data.x_test)))
+        assert abs(body["metric"]["value"] - expected) <= 1e-9
+        names = {a.path for a in mlflow_client(api).list_artifacts(body["mlflow_run_id"], "model")}
+        assert "model/MLmodel" in names
 
     async def test_reported_value_alone_decides_nothing(self, api: Api) -> None:
         data = classification()
