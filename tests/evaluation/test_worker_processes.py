@@ -8,24 +8,36 @@ HOKUSAI_EVALUATION_MAX_ATTEMPTS starts instead of being retried forever.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
+from joserfc import jws
+from joserfc.jwk import KeySet
 from sklearn.metrics import roc_auc_score
 
 from app.manage import migrate
-from tests.evaluation.data import benchmark_csv, classification, frame, logistic
+from tests.evaluation.data import (
+    benchmark_csv,
+    classification,
+    frame,
+    linear,
+    logistic,
+    regression,
+)
 from tests.mlflow_server import free_port
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +62,8 @@ class Cluster:
 
     def __post_init__(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HOKUSAI_", "MLFLOW_"))}
+        if not self.database_url:
+            return
         self.env = env | {
             "HOKUSAI_ENV": "test",
             "HOKUSAI_DATA_DIR": str(self.data_dir),
@@ -61,7 +75,7 @@ class Cluster:
             "HOKUSAI_EVALUATION_CONCURRENCY": "1",
         }
 
-    def start_api(self) -> None:
+    def start_api(self, *, evaluates: bool = False) -> None:
         created = subprocess.run(
             [BIN / "hokusai-registry", "create-api-key", "--name", "e2e", "--scopes", "admin"],
             env=self.env,
@@ -76,7 +90,7 @@ class Cluster:
         process = self._spawn(
             ["serve", "--port", str(port), "--no-migrate"],
             "api",
-            HOKUSAI_RUN_EVALUATIONS="false",
+            HOKUSAI_RUN_EVALUATIONS=str(evaluates).lower(),
         )
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -109,7 +123,7 @@ class Cluster:
 
     def client(self) -> httpx.Client:
         return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60
+            base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=180
         )
 
     def stop(self) -> None:
@@ -259,3 +273,51 @@ def test_model_that_kills_its_runner_is_refused_after_bounded_tries(cluster: Clu
         assert token["status"] == "draft"
         # The API process was never touched, and still answers.
         assert httpx.get(f"{cluster.url}/ready", timeout=5).status_code == 200
+
+
+def test_serve_alone_evaluates_on_the_embedded_defaults(tmp_path: Path) -> None:
+    """`serve` on SQLite runs evaluations itself; the labels reach no response and no log line."""
+    data = regression()
+    model = linear(data)
+    marker = "7319046.25"
+    lines = benchmark_csv(data).decode().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + f",{marker}"
+    content = ("\n".join(lines) + "\n").encode()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOKUSAI_", "MLFLOW_"))}
+    env |= {"HOKUSAI_ENV": "test", "HOKUSAI_DATA_DIR": str(tmp_path), "HOKUSAI_LOG_JSON": "true"}
+    subprocess.run([BIN / "hokusai-registry", "migrate"], env=env, check=True, timeout=120)
+    running = Cluster(data_dir=tmp_path, database_url="")
+    running.env = env
+    try:
+        running.start_api(evaluates=True)
+        with running.client() as client:
+            setup_token(client, "SOLO", content, metric="mse", baseline=1e13)
+            response = client.post(
+                "/models/SOLO/register",
+                headers={"Prefer": "wait=120"},
+                data={"metric": "mse", "baseline": "1e13"},
+                files={
+                    "model_file": ("model.pkl", pickle.dumps(model), "application/octet-stream")
+                },
+            )
+            assert response.status_code == 201, (response.text, running.log("api"))
+            body = response.json()
+            receipt = client.get(f"/registrations/{body['registration_id']}/receipt").json()
+            jwks = client.get("/.well-known/jwks.json").json()
+            seen = [response.text, json.dumps(receipt), json.dumps(jwks)]
+            seen.append(client.get("/events", params={"token_id": "SOLO"}).text)
+        keys = KeySet.import_key_set(jwks)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            verified = jws.deserialize_compact(receipt["jws"], keys, algorithms=["EdDSA"])
+        assert json.loads(verified.payload) == receipt["payload"]
+        labels = np.array([float(line.rsplit(",", 1)[1]) for line in lines[1:]])
+        predictions = model.predict(frame(data.x_test))
+        expected = float(np.mean((labels - predictions) ** 2))
+        assert abs(body["metric"]["value"] - expected) <= 1e-9 * max(1.0, expected)
+    finally:
+        running.stop()
+    log = (tmp_path / "api.log").read_text()
+    assert "evaluation_measured" in log
+    for text in [*seen, log]:
+        assert marker not in text
