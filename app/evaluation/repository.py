@@ -80,6 +80,22 @@ async def renew_lease(
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+async def release_job(session: AsyncSession, registration_id: str, *, owner: str) -> None:
+    """Hand a job this owner holds back to the queue, its start not counted (a clean shutdown)."""
+    await session.execute(
+        sa.update(EvaluationJob)
+        .where(col(EvaluationJob.registration_id) == registration_id)
+        .where(col(EvaluationJob.lease_owner) == owner)
+        .where(col(EvaluationJob.status) == JobStatus.RUNNING.value)
+        .values(
+            status=JobStatus.QUEUED.value,
+            lease_owner=None,
+            lease_expires_at=None,
+            attempts=col(EvaluationJob.attempts) - 1,
+        )
+    )
+
+
 async def finish_job(
     session: AsyncSession,
     registration_id: str,

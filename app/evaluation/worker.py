@@ -131,12 +131,48 @@ class Evaluator:
             registration_id=job.registration_id, token_id=job.token_id
         )
         try:
-            await self.run_job(job)
+            async with anyio.create_task_group() as group:
+                # The lease is renewed for as long as this process works on the job: the
+                # sandboxed run, and the MLflow step after it.
+                group.start_soon(self._renew, job)
+                try:
+                    await self.run_job(job)
+                finally:
+                    group.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            # Shutting down: hand the job back untouched (this start does not count).
+            with anyio.CancelScope(shield=True):
+                await self._release(job)
+            raise
         except Exception:
             # The lease runs out and the job is taken again (up to the attempt limit).
             log.exception("evaluation_job_crashed", attempts=job.attempts)
         finally:
             self.slots.release()
+
+    async def _renew(self, job: EvaluationJob) -> None:
+        while True:
+            await anyio.sleep(self.settings.evaluation_lease_seconds / 3)
+            try:
+                async with self.database.transaction() as session:
+                    held = await repository.renew_lease(
+                        session,
+                        job.registration_id,
+                        owner=self.owner,
+                        lease_until=utcnow() + self.lease,
+                    )
+                if not held:
+                    log.warning("evaluation_lease_lost")
+            except AppError as e:
+                log.warning("evaluation_lease_not_renewed", code=e.code)
+
+    async def _release(self, job: EvaluationJob) -> None:
+        try:
+            async with self.database.transaction() as session:
+                await repository.release_job(session, job.registration_id, owner=self.owner)
+            log.info("evaluation_job_released")
+        except Exception:
+            log.warning("evaluation_job_not_released")
 
     # One job ---------------------------------------------------------------------------------
 
@@ -167,7 +203,7 @@ class Evaluator:
         started = utcnow()
         await self._mark_running(row, benchmark, started)
         try:
-            measured = await self._with_lease(job, row, benchmark)
+            measured = await self._measure(job, row, benchmark)
         except SandboxFailure as failure:
             log.info("evaluation_refused", reason=failure.reason)
             await self._refuse(
@@ -218,56 +254,17 @@ class Evaluator:
             return
         await self._publish(job, row, check, receipt)
 
-    async def _with_lease(
+    async def _measure(
         self, job: EvaluationJob, row: Registration, benchmark: Benchmark
     ) -> Measured:
-        """Measure in a worker thread while renewing the job's lease."""
-        result: list[Measured] = []
-
-        async def renew() -> None:
-            while True:
-                await anyio.sleep(self.settings.evaluation_lease_seconds / 3)
-                try:
-                    async with self.database.transaction() as session:
-                        held = await repository.renew_lease(
-                            session,
-                            job.registration_id,
-                            owner=self.owner,
-                            lease_until=utcnow() + self.lease,
-                        )
-                    if not held:
-                        log.warning("evaluation_lease_lost")
-                except AppError as e:
-                    log.warning("evaluation_lease_not_renewed", code=e.code)
-
-        errors: list[Exception] = []
-
-        async def work() -> None:
-            try:
-                result.append(
-                    await anyio.to_thread.run_sync(
-                        lambda: measure(
-                            self.settings,
-                            self.evaluation.sandbox,
-                            job=job,
-                            row=row,
-                            benchmark=benchmark,
-                        ),
-                        limiter=self.threads,
-                        abandon_on_cancel=True,
-                    )
-                )
-            except Exception as e:
-                errors.append(e)
-            finally:
-                group.cancel_scope.cancel()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(renew)
-            group.start_soon(work)
-        if errors:
-            raise errors[0]
-        return result[0]
+        """Run the sandbox and score its output in a worker thread."""
+        return await anyio.to_thread.run_sync(
+            lambda: measure(
+                self.settings, self.evaluation.sandbox, job=job, row=row, benchmark=benchmark
+            ),
+            limiter=self.threads,
+            abandon_on_cancel=True,
+        )
 
     async def _mark_running(
         self, row: Registration, benchmark: Benchmark, started: dt.datetime
@@ -397,12 +394,12 @@ class Evaluator:
             row.model_version = attempt.model_version
             row.model_uri = attempt.model_uri
             await commit_registration(self.database, row)
-        except BaseException as e:
+        except Exception as e:
+            # Cancellation (shutting down) is not a failure: the job goes back to the queue and
+            # whoever takes it next undoes this attempt's MLflow run first.
             with anyio.CancelScope(shield=True):
                 await self._fail(job, row, attempt, e)
-            if isinstance(e, Exception):
-                return
-            raise
+            return
         await self._finish(job, JobStatus.SUCCEEDED)
         await anyio.to_thread.run_sync(remove_model, self.settings, job.registration_id)
         log.info(
