@@ -64,7 +64,7 @@ def _columns(specs: object, *, unnamed: str) -> dict[str, Any]:
             raise _NotConvertible("a column spec is not a mapping")
         name = spec.get("name")
         if name is None:
-            name = unnamed if index == 0 else f"{unnamed}_{index}"
+            name = _unnamed(unnamed, index)
         if not isinstance(name, str):
             raise _NotConvertible("a column name is not a string")
         properties[name] = _value(spec, depth=0)
@@ -109,3 +109,75 @@ def _nested(spec: object, depth: int) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise _NotConvertible("a nested spec is not a mapping")
     return _value(spec, depth=depth + 1)
+
+
+# The order keys are written in, whatever order the database kept them in (PostgreSQL's JSONB
+# sorts object keys by length first).
+_KEY_ORDER: tuple[str, ...] = (
+    "inputSchema",
+    "outputSchema",
+    "type",
+    "format",
+    "items",
+    "properties",
+    "additionalProperties",
+    "required",
+)
+
+
+def in_key_order(schema: Any, api_schema: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """A kept `{"inputSchema", "outputSchema"}` with its keys in the order they were written.
+
+    JSON Schema keywords follow `_KEY_ORDER`; the top-level properties follow the signature's
+    column order when `api_schema` (the signature, whose column lists keep their order) is given.
+    """
+    if not isinstance(schema, Mapping):
+        return None
+    columns = {"inputSchema": ("inputs", "input"), "outputSchema": ("outputs", "output")}
+    result: dict[str, Any] = {}
+    for key in _ordered_keys(schema):
+        value = _ordered(schema[key])
+        if key in columns and isinstance(value, dict) and isinstance(api_schema, Mapping):
+            part, unnamed = columns[key]
+            value = _in_column_order(value, api_schema.get(part), unnamed)
+        result[key] = value
+    return result
+
+
+def _ordered_keys(mapping: Mapping[str, Any]) -> list[str]:
+    rank = {key: index for index, key in enumerate(_KEY_ORDER)}
+    return sorted(mapping, key=lambda key: rank.get(key, len(rank)))
+
+
+def _ordered(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_ordered(item) for item in value]
+    if not isinstance(value, Mapping):
+        return value
+    return {
+        key: (
+            {name: _ordered(child) for name, child in value[key].items()}
+            if key == "properties" and isinstance(value[key], Mapping)
+            else _ordered(value[key])
+        )
+        for key in _ordered_keys(value)
+    }
+
+
+def _in_column_order(schema: dict[str, Any], specs: object, unnamed: str) -> dict[str, Any]:
+    properties = schema.get("properties")
+    if not isinstance(properties, dict) or not isinstance(specs, list):
+        return schema
+    names = [
+        spec.get("name") if spec.get("name") is not None else _unnamed(unnamed, index)
+        for index, spec in enumerate(specs)
+        if isinstance(spec, Mapping)
+    ]
+    ranked = {name: index for index, name in enumerate(names) if isinstance(name, str)}
+    order = sorted(properties, key=lambda name: ranked.get(name, len(ranked)))
+    return {**schema, "properties": {name: properties[name] for name in order}}
+
+
+def _unnamed(prefix: str, index: int) -> str:
+    """The property name of the unnamed column at `index`: `output`, `output_1`, ..."""
+    return prefix if index == 0 else f"{prefix}_{index}"

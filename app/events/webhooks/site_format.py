@@ -19,7 +19,7 @@ from typing import Any
 
 from app.events.models import OutboxEvent
 from app.events.outbox import EventType
-from app.registration.json_schema import signature_json_schema
+from app.registration.json_schema import in_key_order, signature_json_schema
 
 SOURCE = "mlflow"
 # Keys of `model` after the required ones, in this order, each left out when it has no value.
@@ -47,9 +47,12 @@ def site_document(event: OutboxEvent) -> dict[str, Any] | None:
     values: dict[str, Any] = {
         "user_id": payload.get("user_id"),
         # Events written before the JSON Schema was kept carry the signature: convert it here.
-        "api_schema": payload["api_json_schema"]
-        if "api_json_schema" in payload
-        else signature_json_schema(payload.get("api_schema")),
+        "api_schema": in_key_order(
+            payload["api_json_schema"]
+            if "api_json_schema" in payload
+            else signature_json_schema(payload.get("api_schema")),
+            payload.get("api_schema"),
+        ),
         **{name: payload.get(name) for name in OPTIONAL_MODEL_KEYS[2:]},
     }
     version = payload.get("model_version")
