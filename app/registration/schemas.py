@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.registration.json_schema import in_key_order
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.sdk_fields import EXAMPLES as SDK_EXAMPLES
 
@@ -181,7 +182,7 @@ class RegistrationPublic(BaseModel):
             metric=metric,
             artifact=artifact,
             api_schema=row.api_schema,
-            api_json_schema=row.api_json_schema,
+            api_json_schema=in_key_order(row.api_json_schema, row.api_schema),
             proposal_identifier=row.proposal_identifier,
             eval_spec=row.eval_spec,
             scorer_ref=row.scorer_ref,
