@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
+    site_webhook_url: str | None = Field(
+        default=None,
+        description="the Hokusai site's webhook (e.g. https://hokus.ai/api/webhooks/"
+        "model-registration): receives model_registered in the site's format",
+    )
+    site_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="the site's shared secret for X-Hokusai-Signature: 16-256 printable "
+        "characters, as the site has it",
+    )
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default=[5, 300, 1800, 7200, 18000, 36000, 36000]
     )
@@ -198,12 +208,16 @@ class Settings(BaseSettings):
             return [float(part) for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("webhook_secret", "evaluation_signing_key", mode="before")
+    @field_validator(
+        "webhook_secret", "site_webhook_secret", "evaluation_signing_key", mode="before"
+    )
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("database_url", "mlflow_tracking_uri", "redis_url", "webhook_url")
+    @field_validator(
+        "database_url", "mlflow_tracking_uri", "redis_url", "webhook_url", "site_webhook_url"
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
@@ -221,9 +235,25 @@ class Settings(BaseSettings):
             raise ValueError("HOKUSAI_WEBHOOK_URL needs HOKUSAI_WEBHOOK_SECRET (whsec_...)")
         if secret is not None and not _is_whsec(secret.get_secret_value()):
             raise ValueError("HOKUSAI_WEBHOOK_SECRET must be whsec_ followed by base64")
+        self._check_site_webhook()
         if any(delay < 0 for delay in self.webhook_retry_schedule):
             raise ValueError("HOKUSAI_WEBHOOK_RETRY_SCHEDULE must list non-negative seconds")
         return self
+
+    def _check_site_webhook(self) -> None:
+        secret = self.site_webhook_secret
+        if self.site_webhook_url is not None and secret is None:
+            raise ValueError("HOKUSAI_SITE_WEBHOOK_URL needs HOKUSAI_SITE_WEBHOOK_SECRET")
+        if secret is None:
+            return
+        value = secret.get_secret_value()
+        if self.env is Environment.PRODUCTION and value.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("HOKUSAI_SITE_WEBHOOK_SECRET is a placeholder; set a real secret")
+        if not 16 <= len(value) <= 256 or not value.isprintable():
+            raise ValueError(
+                "HOKUSAI_SITE_WEBHOOK_SECRET must be 16-256 printable characters (the site's "
+                "shared secret)"
+            )
 
     # Derived values ------------------------------------------------------------------------------
 

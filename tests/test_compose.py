@@ -55,9 +55,17 @@ class TestCompose:
         assert float(stop_after.removesuffix("s")) > grace
 
     def test_blank_optional_settings_from_compose_are_unset(self) -> None:
-        settings = Settings(_env_file=None, webhook_url="", webhook_secret="")  # type: ignore[call-arg]
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            webhook_url="",
+            webhook_secret="",
+            site_webhook_url="",
+            site_webhook_secret="",
+        )
         assert settings.webhook_url is None
         assert settings.webhook_secret is None
+        assert settings.site_webhook_url is None
+        assert settings.site_webhook_secret is None
 
 
 class TestDockerfile:

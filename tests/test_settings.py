@@ -160,9 +160,41 @@ class TestPlaceholderSecret:
         assert settings().env is Environment.PRODUCTION
 
 
+class TestSiteWebhook:
+    SITE_URL = "https://hokus.ai/api/webhooks/model-registration"
+
+    def test_url_and_shared_secret(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HOKUSAI_ENV", "production")
+        monkeypatch.setenv("HOKUSAI_SITE_WEBHOOK_URL", f"  {self.SITE_URL} ")
+        monkeypatch.setenv("HOKUSAI_SITE_WEBHOOK_SECRET", "the-site's shared secret, as is")
+        current = settings()
+        assert current.site_webhook_url == self.SITE_URL
+        assert current.site_webhook_secret is not None
+        assert current.site_webhook_secret.get_secret_value() == "the-site's shared secret, as is"
+        assert "shared secret" not in repr(current)
+
+    def test_url_needs_a_secret(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HOKUSAI_SITE_WEBHOOK_URL", self.SITE_URL)
+        monkeypatch.setenv("HOKUSAI_SITE_WEBHOOK_SECRET", "  ")
+        with pytest.raises(ValidationError, match="needs HOKUSAI_SITE_WEBHOOK_SECRET"):
+            settings()
+
+    @pytest.mark.parametrize("secret", ["short-secret", "x" * 257, "line\nbreak-in-a-secret"])
+    def test_malformed_secret_refused(self, monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+        monkeypatch.setenv("HOKUSAI_SITE_WEBHOOK_URL", self.SITE_URL)
+        monkeypatch.setenv("HOKUSAI_SITE_WEBHOOK_SECRET", secret)
+        with pytest.raises(ValidationError, match="16-256 printable"):
+            settings()
+
+    def test_unset_by_default(self) -> None:
+        current = settings()
+        assert current.site_webhook_url is None and current.site_webhook_secret is None
+
+
 class TestBlankUrls:
     @pytest.mark.parametrize(
-        "name", ["DATABASE_URL", "MLFLOW_TRACKING_URI", "REDIS_URL", "WEBHOOK_URL"]
+        "name",
+        ["DATABASE_URL", "MLFLOW_TRACKING_URI", "REDIS_URL", "WEBHOOK_URL", "SITE_WEBHOOK_URL"],
     )
     def test_blank_url_is_unset(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
         monkeypatch.setenv(f"HOKUSAI_{name}", "   ")

@@ -55,6 +55,7 @@ from app.metrics.registry import METRICS
 from app.registration import repository as registrations
 from app.registration.artifacts import ModelFormat
 from app.registration.models import Registration, RegistrationStatus
+from app.registration.sdk_fields import SDK_FIELDS
 from app.registration.service import (
     Attempt,
     RegistrationServices,
@@ -527,6 +528,10 @@ def _attempt_of(row: Registration, check: MetricCheck) -> Attempt:
         sha256=row.artifact_sha256,
         format=ModelFormat(row.artifact_format) if row.artifact_format else None,
         api_schema=row.api_schema,
+        api_json_schema=row.api_json_schema,
+        sdk_fields={
+            name: value for name in SDK_FIELDS if (value := getattr(row, name)) is not None
+        },
     )
 
 

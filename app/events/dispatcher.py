@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from pydantic import SecretStr
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import observability
@@ -41,16 +42,20 @@ from app.events.models import (
     DeliveryAttempt,
     DeliveryStatus,
     OutboxEvent,
+    PayloadFormat,
     WebhookEndpoint,
 )
 from app.events.outbox import envelope
 from app.events.redis_channel import RedisPublisher
 from app.events.signal import EventSignal, new_events
+from app.events.webhooks.schemas import SITE_EVENT_TYPES
 from app.events.webhooks.sender import AttemptResult, WebhookSender
+from app.events.webhooks.site_format import site_body
 
 log = structlog.get_logger(__name__)
 
 STATIC_ENDPOINT_ID = "static"
+STATIC_SITE_ENDPOINT_ID = "static-site"
 MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 HOUSEKEEPING_SECONDS = 600.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -312,10 +317,19 @@ class Dispatcher:
             return _failure("the webhook endpoint was deleted")
         if not endpoint.active and item.event.audience is None:
             return _failure("the webhook endpoint is inactive")
+        raw: bytes | None = None
+        if endpoint.payload_format is PayloadFormat.HOKUSAI_SITE:
+            raw = site_body(item.event)
+            if raw is None:
+                return _failure(
+                    f"not sent: the hokusai_site format carries model_registered only, "
+                    f"not {item.event.event_type}"
+                )
         return await self.sender.send(
             url=endpoint.url,
             secret=endpoint.secret,
             envelope=body,
+            body=raw,
             previous_secret=endpoint.previous_secret
             if endpoint.previous_secret_expires_at
             and endpoint.previous_secret_expires_at > utcnow()
@@ -437,27 +451,63 @@ def _failure(error: str) -> AttemptResult:
 
 
 async def sync_static_endpoint(database: Database, settings: Settings) -> None:
-    """Keep the endpoint of HOKUSAI_WEBHOOK_URL / HOKUSAI_WEBHOOK_SECRET in step with settings."""
+    """Keep the static endpoints in step with their settings.
+
+    HOKUSAI_WEBHOOK_URL / HOKUSAI_WEBHOOK_SECRET: every event, as the envelope.
+    HOKUSAI_SITE_WEBHOOK_URL / HOKUSAI_SITE_WEBHOOK_SECRET: `model_registered` in the Hokusai
+    site's format.
+    """
     async with database.transaction() as session:
-        endpoint = await session.get(WebhookEndpoint, STATIC_ENDPOINT_ID)
-        if settings.webhook_url is None or settings.webhook_secret is None:
-            if endpoint is not None and endpoint.active:
-                endpoint.active = False
-                endpoint.disabled_reason = "HOKUSAI_WEBHOOK_URL is no longer set"
-                endpoint.updated_at = utcnow()
-                session.add(endpoint)
-            return
-        if endpoint is None:
-            endpoint = WebhookEndpoint(id=STATIC_ENDPOINT_ID, url=settings.webhook_url, secret="")
-        endpoint.url = settings.webhook_url
-        endpoint.secret = settings.webhook_secret.get_secret_value()
-        endpoint.event_types = ["*"]
-        endpoint.active = True
-        endpoint.disabled_reason = None
-        endpoint.is_static = True
-        endpoint.description = "configured by HOKUSAI_WEBHOOK_URL"
-        endpoint.updated_at = utcnow()
-        session.add(endpoint)
+        await _sync_static(
+            session,
+            STATIC_ENDPOINT_ID,
+            url=settings.webhook_url,
+            secret=settings.webhook_secret,
+            setting="HOKUSAI_WEBHOOK_URL",
+            payload_format=PayloadFormat.STANDARD,
+            event_types=["*"],
+        )
+        await _sync_static(
+            session,
+            STATIC_SITE_ENDPOINT_ID,
+            url=settings.site_webhook_url,
+            secret=settings.site_webhook_secret,
+            setting="HOKUSAI_SITE_WEBHOOK_URL",
+            payload_format=PayloadFormat.HOKUSAI_SITE,
+            event_types=list(SITE_EVENT_TYPES),
+        )
+
+
+async def _sync_static(
+    session: AsyncSession,
+    endpoint_id: str,
+    *,
+    url: str | None,
+    secret: SecretStr | None,
+    setting: str,
+    payload_format: PayloadFormat,
+    event_types: list[str],
+) -> None:
+    endpoint = await session.get(WebhookEndpoint, endpoint_id)
+    if url is None or secret is None:
+        if endpoint is not None and endpoint.active:
+            endpoint.active = False
+            endpoint.disabled_reason = f"{setting} is no longer set"
+            endpoint.updated_at = utcnow()
+            session.add(endpoint)
+        return
+    if endpoint is None:
+        endpoint = WebhookEndpoint(id=endpoint_id, url=url, secret="")
+    endpoint.url = url
+    endpoint.secret = secret.get_secret_value()
+    endpoint.event_types = event_types
+    endpoint.payload_format = payload_format
+    endpoint.active = True
+    endpoint.disabled_reason = None
+    endpoint.is_static = True
+    endpoint.description = f"configured by {setting}"
+    endpoint.updated_at = utcnow()
+    session.add(endpoint)
 
 
 @asynccontextmanager

@@ -41,23 +41,36 @@ class OutboxEvent(SQLModel, table=True):
     __table_args__ = {"sqlite_autoincrement": True}
 
 
+class PayloadFormat(StrEnum):
+    """How an endpoint's deliveries are shaped."""
+
+    STANDARD = "standard"  # the envelope
+    HOKUSAI_SITE = "hokusai_site"  # the site's "original MLflow event format" (model_registered)
+
+
 class WebhookEndpoint(SQLModel, table=True):
     __tablename__ = "webhook_endpoints"
 
     id: str = Field(primary_key=True, max_length=36)
     url: str = Field(max_length=2048)
     # Needed in clear to sign each delivery; never returned after creation, never logged.
-    secret: str = Field(max_length=200)
+    secret: str = Field(max_length=256)
     # After a rotation the old secret also signs deliveries until it expires, so receivers can
     # switch over without losing events. Never returned, never logged.
-    previous_secret: str | None = Field(default=None, max_length=200)
+    previous_secret: str | None = Field(default=None, max_length=256)
     previous_secret_expires_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     description: str | None = Field(default=None, max_length=500)
     event_types: list[str] = Field(default_factory=lambda: ["*"], sa_type=JSONType)
     active: bool = True
     # Set when the service switched the endpoint off (a 410 from the receiver).
     disabled_reason: str | None = Field(default=None, max_length=500)
-    # The endpoint configured by HOKUSAI_WEBHOOK_URL, kept in step with the settings.
+    payload_format: PayloadFormat = Field(
+        default=PayloadFormat.STANDARD,
+        sa_type=StatusType(PayloadFormat),
+        sa_column_kwargs={"server_default": PayloadFormat.STANDARD.value},
+    )
+    # An endpoint configured by HOKUSAI_WEBHOOK_URL or HOKUSAI_SITE_WEBHOOK_URL, kept in step with
+    # the settings.
     is_static: bool = False
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -51,6 +51,16 @@ class Registration(SQLModel, table=True):
     artifact_sha256: str | None = Field(default=None, max_length=64)
     artifact_format: str | None = Field(default=None, max_length=32)
     api_schema: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    # The signature as JSON Schema ({inputSchema, outputSchema}), made once at registration so a
+    # delivery to the site never needs MLflow; None without a column-based signature.
+    api_json_schema: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+
+    # Optional fields of the Hokusai SDK's registration request, kept as sent (checked).
+    proposal_identifier: str | None = Field(default=None, max_length=255)
+    eval_spec: str | None = Field(default=None, max_length=255)
+    scorer_ref: str | None = Field(default=None, max_length=255)
+    primary_metric: str | None = Field(default=None, max_length=255)
+    benchmark_spec_id: str | None = Field(default=None, max_length=255)
 
     model_name: str | None = Field(default=None, max_length=256)
     model_version: str | None = Field(default=None, max_length=32)

@@ -34,7 +34,7 @@ from app.errors import (
 from app.evaluation import service as evaluation
 from app.metrics.registry import METRICS
 from app.openapi import REQUEST_NOT_VALID, problem_responses
-from app.registration import service
+from app.registration import sdk_fields, service
 from app.registration.models import RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
 
@@ -92,8 +92,10 @@ _FORM_SCHEMA: dict[str, Any] = {
         "tags": {
             "type": "string",
             "examples": ['{"framework": "sklearn"}'],
-            "description": "JSON object of string to string, copied onto the MLflow run.",
+            "description": "JSON object of string to string, copied onto the MLflow run. The "
+            "tag `user_id` (or `fulfilled_by_user_id`) names the registrant to the Hokusai site.",
         },
+        **sdk_fields.form_properties(),
         "predictions": {
             "type": "string",
             "format": "binary",

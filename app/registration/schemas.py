@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.registration.json_schema import in_key_order
 from app.registration.models import Registration, RegistrationStatus
+from app.registration.sdk_fields import EXAMPLES as SDK_EXAMPLES
 
 EXAMPLE_REGISTRATION: dict[str, Any] = {
     "registration_id": "7d9e2c41-5b0a-4f3e-9c8d-1a2b3c4d5e6f",
@@ -30,14 +32,33 @@ EXAMPLE_REGISTRATION: dict[str, Any] = {
         "ci95": None,
     },
     "artifact": {
-        "filename": "model.pkl",
+        "filename": "model.zip",
         "size_bytes": 48213,
         "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-        "format": "pickle",
+        "format": "mlflow_zip",
     },
-    "api_schema": None,
+    "api_schema": {
+        "inputs": [
+            {"type": "double", "name": "age", "required": True},
+            {"type": "double", "name": "bmi", "required": True},
+        ],
+        "outputs": [{"type": "long", "required": True}],
+    },
+    "api_json_schema": {
+        "inputSchema": {
+            "type": "object",
+            "properties": {"age": {"type": "number"}, "bmi": {"type": "number"}},
+            "required": ["age", "bmi"],
+        },
+        "outputSchema": {
+            "type": "object",
+            "properties": {"output": {"type": "integer"}},
+            "required": ["output"],
+        },
+    },
     "evaluation": None,
-    "tags": {"framework": "sklearn"},
+    **SDK_EXAMPLES,
+    "tags": {"framework": "sklearn", "user_id": "user-8f3a"},
     "event_ids": [
         "0b7f4c5e-2d7a-4d8e-9a3b-5f6c7d8e9f01",
         "1c8a5d6f-3e8b-4e9f-8b4c-6a7d8e9f0a12",
@@ -60,6 +81,8 @@ EXAMPLE_REJECTED_REGISTRATION: dict[str, Any] = {
         "improvement": -0.02,
         "passed": False,
     },
+    "api_schema": None,
+    "api_json_schema": None,
     "event_ids": ["2d9b6e7a-4f9c-4a0b-9c5d-7b8e9f0a1b23"],
     "error": {
         "type": "https://hokusai.ai/problems/metric_below_baseline",
@@ -137,6 +160,16 @@ class RegistrationPublic(BaseModel):
     metric: MetricResult | None
     artifact: ArtifactResult | None
     api_schema: dict[str, Any] | None
+    api_json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="the signature as JSON Schema (`inputSchema`, `outputSchema`), as the Hokusai "
+        "site receives it; null without a column-based signature",
+    )
+    proposal_identifier: str | None = None
+    eval_spec: str | None = None
+    scorer_ref: str | None = None
+    primary_metric: str | None = None
+    benchmark_spec_id: str | None = None
     evaluation: EvaluationResult | None = Field(
         default=None, description="the evaluation on the token's sealed benchmark, if any"
     )
@@ -186,6 +219,12 @@ class RegistrationPublic(BaseModel):
             metric=metric,
             artifact=artifact,
             api_schema=row.api_schema,
+            api_json_schema=in_key_order(row.api_json_schema, row.api_schema),
+            proposal_identifier=row.proposal_identifier,
+            eval_spec=row.eval_spec,
+            scorer_ref=row.scorer_ref,
+            primary_metric=row.primary_metric,
+            benchmark_spec_id=row.benchmark_spec_id,
             evaluation=EvaluationResult(**row.evaluation) if row.evaluation else None,
             tags=row.tags,
             event_ids=row.event_ids,

@@ -74,8 +74,10 @@ from app.registration.artifacts import (
     format_for_filename,
     inspect_archive,
 )
+from app.registration.json_schema import signature_json_schema
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
+from app.registration.sdk_fields import SDK_FIELDS, parse_sdk_fields
 from app.registration.upload import RegistrationForm, receive_form
 from app.tokens import repository as tokens
 from app.tokens.models import REGISTRABLE, Token, TokenStatus
@@ -153,6 +155,8 @@ class Attempt:
     sha256: str | None = None
     format: ModelFormat | None = None
     api_schema: dict[str, Any] | None = None
+    api_json_schema: dict[str, Any] | None = None
+    sdk_fields: dict[str, str] = field(default_factory=dict)
     # An evaluated registration's extra MLflow run tags, metrics and text artifacts.
     extra_run_tags: dict[str, str] = field(default_factory=dict)
     extra_run_metrics: dict[str, float] = field(default_factory=dict)
@@ -201,6 +205,12 @@ class Attempt:
             artifact_sha256=self.sha256,
             artifact_format=self.format.value if self.format else None,
             api_schema=self.api_schema,
+            api_json_schema=self.api_json_schema,
+            proposal_identifier=self.sdk_fields.get("proposal_identifier"),
+            eval_spec=self.sdk_fields.get("eval_spec"),
+            scorer_ref=self.sdk_fields.get("scorer_ref"),
+            primary_metric=self.sdk_fields.get("primary_metric"),
+            benchmark_spec_id=self.sdk_fields.get("benchmark_spec_id"),
             model_name=self.model_name,
             model_version=self.model_version,
             model_uri=self.model_uri,
@@ -563,11 +573,13 @@ async def _check_upload(
 
     info, root = await anyio.to_thread.run_sync(inspect_and_unpack)
     attempt.api_schema = info.api_schema
+    attempt.api_json_schema = signature_json_schema(info.api_schema)
     return root
 
 
 def _parse_request_options(token: Token, form: RegistrationForm, attempt: Attempt) -> None:
-    """The optional model name and run tags."""
+    """The optional model name, run tags and Hokusai SDK fields."""
+    attempt.sdk_fields = parse_sdk_fields(form.fields).present()
     name = form.fields.get("model_name") or f"hokusai-{token.token_id}"
     if not MODEL_NAME_PATTERN.fullmatch(name):
         raise ValidationFailed(
@@ -658,6 +670,7 @@ def _log_to_mlflow(
             "hokusai.metric_value": repr(check.value),
             "hokusai.registration_id": attempt.id,
             "hokusai.sha256": form.model.sha256,
+            **{f"hokusai.{name}": value for name, value in attempt.sdk_fields.items()},
             **attempt.extra_run_tags,
         },
     )
@@ -745,6 +758,11 @@ async def commit_registration(database: Database, row: Registration) -> Registra
                     "improvement": row.improvement,
                     "sha256": row.artifact_sha256,
                     "api_schema": row.api_schema,
+                    # What the Hokusai site's payload format needs, so that a delivery is built
+                    # from the event alone.
+                    "api_json_schema": row.api_json_schema,
+                    "user_id": user_id_of(row.tags),
+                    **{name: getattr(row, name) for name in SDK_FIELDS},
                 },
             ),
             NewEvent(EventType.TOKEN_READY_FOR_DEPLOY, row.token_id, common),
@@ -760,6 +778,11 @@ async def commit_registration(database: Database, row: Registration) -> Registra
         await write_events(session, events)
     observability.REGISTRATIONS.labels("registered", "").inc()
     return RegistrationPublic.of(row)
+
+
+def user_id_of(tags: Mapping[str, str]) -> str | None:
+    """The registrant's site user, from the run tag `user_id` or `fulfilled_by_user_id`."""
+    return tags.get("user_id") or tags.get("fulfilled_by_user_id") or None
 
 
 async def _record_rejection(database: Database, attempt: Attempt, error: AppError) -> None:

@@ -41,6 +41,12 @@ TEXT_FIELDS = (
     "model_name",
     "sha256",
     "tags",
+    # The Hokusai SDK's optional fields (app.registration.sdk_fields).
+    "proposal_identifier",
+    "eval_spec",
+    "scorer_ref",
+    "primary_metric",
+    "benchmark_spec_id",
 )
 MAX_FIELD_BYTES = 64 * 1024
 HEAD_BYTES = 64 * 1024

@@ -9,6 +9,7 @@ import pytest
 
 from app.events.feed import Envelope
 from tests.docs.blocks import DOCS, ROOT, SCENARIOS, Block, all_blocks
+from tests.site_receiver import parse_site_body
 
 BLOCKS = all_blocks()
 
@@ -105,6 +106,9 @@ def test_json_blocks_parse_and_events_match_the_schema(block: Block) -> None:
         events = document.get("events", [document]) if isinstance(document, dict) else []
         for event in events:
             if not isinstance(event, dict) or "event_type" not in event:
+                continue
+            if event.get("source") == "mlflow":  # the Hokusai site's format, shown indented
+                parse_site_body(json.dumps(event, separators=(",", ":")).encode())
                 continue
             envelope = Envelope.model_validate(event)
             assert envelope.source == "hokusai-ml-platform"

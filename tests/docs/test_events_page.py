@@ -85,6 +85,8 @@ def test_events_page(tmp_path: Path) -> None:
     assert transcript.count("token_ready_for_deploy") >= 1
     assert "model_registered" in transcript
     assert re.search(r'"description":\s*"deploy trigger"', transcript)
+    assert re.search(r'"payload_format":\s*"hokusai_site"', transcript)
+    assert re.search(r'"event_types":\s*\["model_registered"\]', transcript)
     assert receiver_log.count("verified ping") == 1, receiver_log
     # The curl example deleted its endpoint; the CLI's and the receiver's remain.
     assert sorted(webhook["url"] for webhook in webhooks) == [

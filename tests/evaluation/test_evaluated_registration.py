@@ -216,11 +216,30 @@ class TestEvaluatedRegistration:
         data = regression()
         await benchmarked_token(api, "WAIT", data, metric="mse", baseline=5.0)
         model = linear(data)
-        response = await submit(api, "WAIT", pickled(model), metric="mse", baseline=5.0, wait=120)
+        response = await register(
+            api.client,
+            {**api.auth(), "Prefer": "wait=120"},
+            token_id="WAIT",
+            model=pickled(model),
+            metric="mse",
+            baseline=5.0,
+            metric_value=None,
+            fields={"eval_spec": "spec-7", "tags": json.dumps({"user_id": "user-1"})},
+        )
         assert response.status_code == 201, response.text
         assert response.headers["Preference-Applied"] == "wait=120"
         body = response.json()
         assert body["status"] == "registered"
+        # The request's own fields reach MLflow and the events as in a synchronous registration.
+        assert body["eval_spec"] == "spec-7"
+        run = mlflow_client(api).get_run(body["mlflow_run_id"])
+        assert run.data.tags["hokusai.eval_spec"] == "spec-7"
+        assert run.data.tags["user_id"] == "user-1"
+        registered = next(
+            e for e in await events_of(api, "WAIT") if e["event_type"] == "model_registered"
+        )
+        assert registered["payload"]["eval_spec"] == "spec-7"
+        assert registered["payload"]["user_id"] == "user-1"
         expected = mean_squared_error(data.y_test, model.predict(frame(data.x_test)))
         assert abs(body["metric"]["value"] - expected) <= 1e-9
 

@@ -163,11 +163,12 @@ class TestCreateWebhook:
     @pytest.mark.parametrize(
         "secret",
         [
-            "k" * 40,  # no prefix
-            "whsec_not*base64!",
-            "whsec_" + base64.b64encode(b"k" * 16).decode(),  # too short
-            "whsec_" + base64.b64encode(b"k" * 65).decode(),  # too long
+            "k" * 15,  # too short
+            "k" * 257,  # too long
             "whsec_",
+            "shared-secret-with\na-line-break",
+            "shared-secret-with\x00-a-nul-byte",
+            "shared-secret-with\x1b-an-escape",
         ],
     )
     async def test_rejects_malformed_secret(self, api: Api, secret: str) -> None:
@@ -178,6 +179,24 @@ class TestCreateWebhook:
         body = response.json()
         assert body["code"] == "validation_error"
         assert secret not in response.text or secret == "whsec_"
+        async with api.database.transaction() as session:
+            assert (await session.exec(select(WebhookEndpoint))).all() == []
+
+    @pytest.mark.parametrize(
+        "secret",
+        [
+            "k" * 16,  # a receiver's own shared secret, shortest
+            "é" * 256,  # longest, and not ASCII: signed with its UTF-8 bytes
+            "a shared secret with spaces, commas & symbols!",
+            "whsec_not*base64!",  # not a Standard Webhooks secret, but printable
+        ],
+    )
+    async def test_accepts_any_printable_shared_secret(self, api: Api, secret: str) -> None:
+        created = await create_webhook(api, secret=secret)
+        assert created["secret"] == secret
+        async with api.database.transaction() as session:
+            stored = await session.get(WebhookEndpoint, created["id"])
+        assert stored is not None and stored.secret == secret
 
     @pytest.mark.parametrize(
         "url",
@@ -420,7 +439,8 @@ class TestRotateSecret:
             {"overlap_seconds": -1},
             {"overlap_seconds": "soon"},
             {"secret": "not-a-secret"},
-            {"secret": "whsec_" + base64.b64encode(b"k" * 16).decode()},
+            {"secret": "k" * 15},
+            {"secret": "new\tsecret-with-a-tab"},
             {"unexpected": True},
         ],
     )

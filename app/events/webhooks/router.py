@@ -12,6 +12,7 @@ from app.errors import (
     DeliveryNotFound,
     PayloadTooLarge,
     StaticWebhookReadOnly,
+    ValidationFailed,
     WebhookInactive,
     WebhookNotFound,
     WebhookUrlNotAllowed,
@@ -55,7 +56,9 @@ async def create_webhook(
 
     Events whose type matches `event_types` (`["*"]`: all) are POSTed to `url`, signed per the
     Standard Webhooks spec and with `X-Hokusai-Signature`. In production the URL must be https;
-    internal addresses are refused unless the service allows them.
+    internal addresses are refused unless the service allows them. With `payload_format`
+    `hokusai_site` the endpoint receives `model_registered` only, in the Hokusai site's format;
+    give the site's shared secret as `secret`.
     """
     return await service.create_webhook(database, settings, body)
 
@@ -101,11 +104,12 @@ async def update_webhook(
     settings: SettingsDep,
     _: WebhooksManage,
 ) -> WebhookPublic:
-    """Change an endpoint's URL, event types, description or active flag.
+    """Change an endpoint's URL, event types, description, active flag or payload format.
 
     Fields left out stay as they are. Setting `active` to true again clears the
-    `disabled_reason` of an endpoint the service switched off after a 410. The static endpoint
-    is read-only (409).
+    `disabled_reason` of an endpoint the service switched off after a 410. A `hokusai_site`
+    endpoint subscribes to `["model_registered"]` only (422 otherwise). The static endpoints
+    are read-only (409).
     """
     return await service.update_webhook(database, settings, webhook_id, body)
 
@@ -236,7 +240,16 @@ async def retry_delivery(
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send a test ping",
     response_description="The `ping` event is queued for this endpoint",
-    responses=problem_responses(WebhookNotFound, REQUEST_NOT_VALID, scope=Scope.WEBHOOKS_MANAGE),
+    responses=problem_responses(
+        WebhookNotFound,
+        (
+            ValidationFailed,
+            "webhook 8c2d4e6f-1a3b-4c5d-9e7f-2b4d6f8a0c1e uses the hokusai_site format, which "
+            "carries model_registered only; it cannot be sent a ping",
+        ),
+        REQUEST_NOT_VALID,
+        scope=Scope.WEBHOOKS_MANAGE,
+    ),
 )
 async def ping_webhook(
     webhook_id: WebhookIdPath, database: DatabaseDep, _: WebhooksManage
@@ -244,6 +257,6 @@ async def ping_webhook(
     """Queue a `ping` event for this endpoint alone, even an inactive one.
 
     Use it to check a receiver's URL and signature verification; the outcome shows in the
-    endpoint's deliveries.
+    endpoint's deliveries. A `hokusai_site` endpoint cannot be pinged (422).
     """
     return await service.send_test(database, webhook_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import secrets
 from typing import Annotated, Any, Self
@@ -19,14 +18,22 @@ from pydantic import (
     model_validator,
 )
 
-from app.events.models import Delivery, DeliveryAttempt, DeliveryStatus, WebhookEndpoint
+from app.events.models import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStatus,
+    PayloadFormat,
+    WebhookEndpoint,
+)
 from app.events.outbox import EventType
 
 MAX_URL_LENGTH = 2048
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
-MIN_SECRET_BYTES = 24
-MAX_SECRET_BYTES = 64
+MIN_SECRET_CHARS = 16
+MAX_SECRET_CHARS = 256
+# The only event type the Hokusai site's format carries.
+SITE_EVENT_TYPES = ["model_registered"]
 ALL_EVENTS = "*"
 DEFAULT_OVERLAP_SECONDS = 24 * 3600
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
@@ -36,6 +43,7 @@ EXAMPLE_WEBHOOK: dict[str, Any] = {
     "event_types": ["model_registered", "token_ready_for_deploy"],
     "description": "the site's deploy trigger",
     "active": True,
+    "payload_format": "standard",
     "disabled_reason": None,
     "is_static": False,
     "previous_secret_expires_at": None,
@@ -43,6 +51,16 @@ EXAMPLE_WEBHOOK: dict[str, Any] = {
     "updated_at": "2026-11-27T09:00:00.000000Z",
 }
 EXAMPLE_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2c3wZs8Q4Y0="
+EXAMPLE_SITE_WEBHOOK: dict[str, Any] = {
+    **EXAMPLE_WEBHOOK,
+    "id": "8c2d4e6f-1a3b-4c5d-9e7f-2b4d6f8a0c1e",
+    "url": "https://hokus.ai/api/webhooks/model-registration",
+    "event_types": SITE_EVENT_TYPES,
+    "description": "the Hokusai site",
+    "payload_format": "hokusai_site",
+}
+# A shared secret the site already has (any 16-256 printable characters).
+EXAMPLE_SHARED_SECRET = "3q8Zk2Vn7Rt5Lw9Px4Hm6Jc1Bd0Fg2Ys"
 EXAMPLE_DELIVERY: dict[str, Any] = {
     "id": "c3d4e5f6-a7b8-4c9d-8e0f-1a2b3c4d5e6f",
     "event_id": "0b7f4c5e-2d7a-4d8e-9a3b-5f6c7d8e9f01",
@@ -86,19 +104,14 @@ def generate_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-def check_secret(secret: str) -> str:
-    """`secret` if it is `whsec_` and standard base64 of 24-64 bytes; ValueError otherwise."""
-    if not secret.startswith(SECRET_PREFIX):
-        raise ValueError("secret must look like whsec_<base64>")
-    encoded = secret.removeprefix(SECRET_PREFIX)
-    try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ValueError("secret must be whsec_ followed by standard base64") from e
-    if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
+def check_shared_secret(secret: str) -> str:
+    """Any 16-256 printable characters (a receiver's existing shared secret, or `whsec_...`)."""
+    if not MIN_SECRET_CHARS <= len(secret) <= MAX_SECRET_CHARS:
         raise ValueError(
-            f"secret must encode {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, not {len(key)}"
+            f"secret must be {MIN_SECRET_CHARS} to {MAX_SECRET_CHARS} characters, not {len(secret)}"
         )
+    if not secret.isprintable():
+        raise ValueError("secret must hold printable characters only (no control characters)")
     return secret
 
 
@@ -147,6 +160,26 @@ EventTypes = Annotated[
 ]
 
 
+SECRET_DESCRIPTION = (
+    "The shared secret: any 16-256 printable characters, for a receiver that already has one "
+    "(the Hokusai site's), or a `whsec_<base64>` Standard Webhooks secret; generated "
+    "(`whsec_`, 32 random bytes) when absent. Shown only in the answer to this request."
+)
+PAYLOAD_FORMAT_DESCRIPTION = (
+    "`standard`: the event envelope. `hokusai_site`: the Hokusai site's \"original MLflow event "
+    'format"; such an endpoint receives `model_registered` only.'
+)
+
+
+def check_site_event_types(payload_format: PayloadFormat | None, event_types: list[str]) -> None:
+    """A hokusai_site endpoint subscribes to `model_registered` and nothing else."""
+    if payload_format is PayloadFormat.HOKUSAI_SITE and event_types != SITE_EVENT_TYPES:
+        raise ValueError(
+            "a hokusai_site endpoint receives model_registered only: event_types must be "
+            '["model_registered"]'
+        )
+
+
 class WebhookCreate(BaseModel):
     """A new webhook endpoint; the secret is generated when not given."""
 
@@ -158,7 +191,13 @@ class WebhookCreate(BaseModel):
                     "url": "https://site.example/hooks/hokusai",
                     "event_types": ["model_registered", "token_ready_for_deploy"],
                     "description": "the site's deploy trigger",
-                }
+                },
+                {
+                    "url": EXAMPLE_SITE_WEBHOOK["url"],
+                    "payload_format": "hokusai_site",
+                    "secret": EXAMPLE_SHARED_SECRET,
+                    "description": "the Hokusai site",
+                },
             ]
         },
     )
@@ -167,18 +206,27 @@ class WebhookCreate(BaseModel):
     event_types: EventTypes = Field(default_factory=lambda: [ALL_EVENTS])
     description: str | None = Field(default=None, max_length=500)
     active: bool = True
-    secret: SecretStr | None = Field(
-        default=None,
-        description="`whsec_<base64>` of 24-64 bytes; generated when absent. Shown only in the "
-        "answer to this request.",
+    payload_format: PayloadFormat = Field(
+        default=PayloadFormat.STANDARD,
+        description=PAYLOAD_FORMAT_DESCRIPTION
+        + ' Without `event_types`, it subscribes to `["model_registered"]`.',
     )
+    secret: SecretStr | None = Field(default=None, description=SECRET_DESCRIPTION)
 
     @field_validator("secret")
     @classmethod
     def _secret_format(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            check_secret(value.get_secret_value())
+            check_shared_secret(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _site_events(self) -> Self:
+        if self.payload_format is PayloadFormat.HOKUSAI_SITE:
+            if "event_types" not in self.model_fields_set:
+                self.event_types = list(SITE_EVENT_TYPES)
+            check_site_event_types(self.payload_format, self.event_types)
+        return self
 
 
 class WebhookUpdate(BaseModel):
@@ -190,10 +238,16 @@ class WebhookUpdate(BaseModel):
     event_types: EventTypes | None = None
     description: str | None = Field(default=None, max_length=500)
     active: bool | None = None
+    payload_format: PayloadFormat | None = Field(
+        default=None,
+        description=PAYLOAD_FORMAT_DESCRIPTION
+        + ' Switching to it needs `"event_types": ["model_registered"]` unless the endpoint '
+        "already has exactly that.",
+    )
 
     @model_validator(mode="after")
     def _no_nulls(self) -> Self:
-        for name in ("url", "event_types", "active"):
+        for name in ("url", "event_types", "active", "payload_format"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
         return self
@@ -204,11 +258,7 @@ class WebhookRotateSecret(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
 
-    secret: SecretStr | None = Field(
-        default=None,
-        description="`whsec_<base64>` of 24-64 bytes; generated when absent. Shown only in the "
-        "answer to this request.",
-    )
+    secret: SecretStr | None = Field(default=None, description=SECRET_DESCRIPTION)
     overlap_seconds: int = Field(
         default=DEFAULT_OVERLAP_SECONDS,
         ge=0,
@@ -220,24 +270,31 @@ class WebhookRotateSecret(BaseModel):
     @classmethod
     def _secret_format(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            check_secret(value.get_secret_value())
+            check_shared_secret(value.get_secret_value())
         return value
 
 
 class WebhookPublic(BaseModel):
     """A webhook endpoint as the API shows it (never with its secret)."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_WEBHOOK]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [EXAMPLE_WEBHOOK, EXAMPLE_SITE_WEBHOOK]}
+    )
 
     id: str
     url: str
     event_types: list[str]
     description: str | None
     active: bool
+    payload_format: PayloadFormat = Field(
+        default=PayloadFormat.STANDARD, description=PAYLOAD_FORMAT_DESCRIPTION
+    )
     disabled_reason: str | None = Field(
         description="why the service switched the endpoint off (a 410 Gone), if it did"
     )
-    is_static: bool = Field(description="configured by HOKUSAI_WEBHOOK_URL; read-only here")
+    is_static: bool = Field(
+        description="configured by HOKUSAI_WEBHOOK_URL or HOKUSAI_SITE_WEBHOOK_URL; read-only here"
+    )
     previous_secret_expires_at: dt.datetime | None = Field(
         default=None,
         description="after a secret rotation: until when deliveries also carry a signature made "
@@ -254,6 +311,7 @@ class WebhookPublic(BaseModel):
             event_types=list(endpoint.event_types),
             description=endpoint.description,
             active=endpoint.active,
+            payload_format=endpoint.payload_format,
             disabled_reason=endpoint.disabled_reason,
             is_static=endpoint.is_static,
             previous_secret_expires_at=endpoint.previous_secret_expires_at
@@ -268,7 +326,12 @@ class WebhookCreated(WebhookPublic):
     """The new endpoint, with the signing secret: the only time the API shows it."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{**EXAMPLE_WEBHOOK, "secret": EXAMPLE_SECRET}]}
+        json_schema_extra={
+            "examples": [
+                {**EXAMPLE_WEBHOOK, "secret": EXAMPLE_SECRET},
+                {**EXAMPLE_SITE_WEBHOOK, "secret": EXAMPLE_SHARED_SECRET},
+            ]
+        }
     )
 
     secret: str

@@ -189,16 +189,20 @@ class WebhookSender:
         secret: str,
         envelope: Mapping[str, Any],
         previous_secret: str | None = None,
+        body: bytes | None = None,
     ) -> AttemptResult:
         """POST `envelope` to `url`, signed with `secret` (and `previous_secret` if given).
 
-        One attempt; never raises for I/O.
+        `body`, when given, is sent (and signed) instead of the envelope's JSON: the same event in
+        another payload format; the headers still name the envelope's event. One attempt; never
+        raises for I/O.
         """
         started = time.perf_counter()
         refusal = self._refuse(url)
         if refusal is not None:
             return _failure(started, f"blocked: {refusal}", blocked=True)
-        body = encode_body(envelope)
+        if body is None:
+            body = encode_body(envelope)
         headers = signature_headers(
             secret=secret,
             event_id=str(envelope["event_id"]),

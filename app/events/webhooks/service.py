@@ -14,11 +14,12 @@ from app.db import Database, utcnow
 from app.errors import (
     DeliveryNotFound,
     StaticWebhookReadOnly,
+    ValidationFailed,
     WebhookInactive,
     WebhookNotFound,
     WebhookUrlNotAllowed,
 )
-from app.events.models import DeliveryStatus, WebhookEndpoint
+from app.events.models import DeliveryStatus, PayloadFormat, WebhookEndpoint
 from app.events.outbox import EventType, NewEvent, write_events
 from app.events.signal import new_events
 from app.events.webhooks import repository
@@ -32,6 +33,7 @@ from app.events.webhooks.schemas import (
     WebhookRotateSecret,
     WebhookTestQueued,
     WebhookUpdate,
+    check_site_event_types,
     generate_secret,
 )
 from app.events.webhooks.ssrf import host_reason
@@ -67,11 +69,17 @@ async def create_webhook(
         description=body.description,
         event_types=body.event_types,
         active=body.active,
+        payload_format=body.payload_format,
     )
     async with database.transaction() as session:
         session.add(endpoint)
         await session.flush()
-    log.info("webhook_created", webhook_id=endpoint.id, event_types=endpoint.event_types)
+    log.info(
+        "webhook_created",
+        webhook_id=endpoint.id,
+        event_types=endpoint.event_types,
+        payload_format=endpoint.payload_format.value,
+    )
     return WebhookCreated(**WebhookPublic.of(endpoint).model_dump(), secret=secret)
 
 
@@ -106,6 +114,13 @@ async def update_webhook(
             if changes["active"] and not endpoint.active:
                 endpoint.disabled_reason = None
             endpoint.active = changes["active"]
+        if "payload_format" in changes:
+            endpoint.payload_format = PayloadFormat(changes["payload_format"])
+        try:
+            check_site_event_types(endpoint.payload_format, list(endpoint.event_types))
+        except ValueError as e:
+            # Nothing is stored: the transaction rolls back with this error.
+            raise ValidationFailed(str(e), extra={"event_types": list(endpoint.event_types)}) from e
         endpoint.updated_at = utcnow()
         session.add(endpoint)
     log.info("webhook_updated", webhook_id=webhook_id, fields=sorted(changes))
@@ -196,9 +211,17 @@ async def retry_delivery(database: Database, webhook_id: str, delivery_id: str) 
 
 
 async def send_test(database: Database, webhook_id: str) -> WebhookTestQueued:
-    """Write a `ping` event addressed to this endpoint alone (it goes out even when inactive)."""
+    """Write a `ping` event addressed to this endpoint alone (it goes out even when inactive).
+
+    A hokusai_site endpoint is refused: the site's format has no shape for a ping.
+    """
     async with database.transaction() as session:
         endpoint = await _endpoint(session, webhook_id)
+        if endpoint.payload_format is PayloadFormat.HOKUSAI_SITE:
+            raise ValidationFailed(
+                f"webhook {webhook_id} uses the hokusai_site format, which carries "
+                "model_registered only; it cannot be sent a ping"
+            )
         (event,) = await write_events(
             session,
             [NewEvent(EventType.PING, None, {"webhook_id": endpoint.id})],
@@ -219,7 +242,10 @@ async def _endpoint(
 
 def _refuse_static(endpoint: WebhookEndpoint, verb: str) -> None:
     if endpoint.is_static:
+        prefix = (
+            "HOKUSAI_SITE" if endpoint.payload_format is PayloadFormat.HOKUSAI_SITE else "HOKUSAI"
+        )
         raise StaticWebhookReadOnly(
-            f"webhook {endpoint.id} is configured by HOKUSAI_WEBHOOK_URL and "
-            f"HOKUSAI_WEBHOOK_SECRET; it cannot be {verb} through the API"
+            f"webhook {endpoint.id} is configured by {prefix}_WEBHOOK_URL and "
+            f"{prefix}_WEBHOOK_SECRET; it cannot be {verb} through the API"
         )
