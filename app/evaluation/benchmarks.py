@@ -400,9 +400,11 @@ def _parse_rows(
         try:
             label_parts.append(parse_column(labels, label_kind, name=names[label_index]))
         except CellError as bad:
+            # The cell itself is not echoed: labels are never repeated back, not even to the
+            # owner uploading them.
             raise InvalidBenchmark(
-                f"row {total + bad.index + 1}: the label {bad.problem}; {spec.name} needs "
-                f"labels that are {label_kind.value}",
+                f"row {total + bad.index + 1}: the label is not {label_kind.value}, as "
+                f"{spec.name} needs",
                 extra={"row": total + bad.index + 1},
             ) from None
         if len(feature_indices) == 1:

@@ -113,8 +113,8 @@ class TestRefusals:
             (b"age,y_true\n1,0\n2,1,3\n", "row 2 has 3 fields"),
             (b"y_true\n1\n0\n", "at least one feature column"),
             (b"age,age,y_true\n1,2,0\n3,4,1\n", "more than once"),
-            (b"age,y_true\n1,0\n2,0.5\n", "row 2: the label"),
-            (b"age,y_true\n1,0\n2,nan\n", "row 2: the label"),
+            (b"age,y_true\n1,0\n2,0.5\n", "row 2: the label is not 0 or 1"),
+            (b"age,y_true\n1,0\n2,nan\n", "row 2: the label is not 0 or 1"),
             (b"age,y_true\n1,1\n2,1\n", "auroc cannot be computed"),
             (b"age,y_true\n\xff\xfe,1\n", "not UTF-8"),
             (b'age,y_true\n"unterminated,1\n', "not valid CSV"),
@@ -135,6 +135,7 @@ class TestRefusals:
         body = response.json()
         assert body["code"] == "invalid_benchmark"
         assert fragment in body["detail"]
+        assert "0.5" not in body["detail"] and "nan" not in body["detail"]
         assert response.headers["content-type"].startswith("application/problem+json")
         after = set(api.settings.benchmark_dir.iterdir())
         assert after == before | ({api.settings.benchmark_dir / ".incoming"} & after)
