@@ -76,6 +76,11 @@ class TestRecoverySweep:
         )
         assert response.status_code == 202, response.text
         registration_id = response.json()["registration_id"]
+        # The model runs in another process: this one keeps answering meanwhile.
+        for path in ("/health", f"/tokens/{token_id}", f"/registrations/{registration_id}"):
+            served = await api.client.get(path, headers=api.auth())
+            assert served.status_code == 200
+        assert (await _status(api, registration_id))["status"] == "evaluating"
         # Far past the registration lease: the sweep would settle an ordinary registration.
         await _age_claim(api, token_id, api.settings.registration_lease_seconds * 10)
         services: RegistrationServices = api.app.state.registration
