@@ -10,7 +10,7 @@ import structlog
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
-from app.clients.mlflow import MlflowRegistry
+from app.clients.mlflow import MlflowRegistry, configured_mlflow
 from app.config import Settings, get_settings
 from app.db import Database
 from app.errors import install_error_handlers
@@ -50,37 +50,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
-        database = Database(settings.resolved_database_url)
-        events_listener = start_listener(database)
-        mlflow = MlflowRegistry(
-            tracking_uri=settings.resolved_tracking_uri,
-            registry_uri=settings.mlflow_registry_uri,
-            artifact_location=settings.mlflow_artifact_location,
-            retry_seconds=settings.mlflow_retry_seconds,
-            request_timeout=settings.mlflow_request_timeout,
-        )
-        limiter = anyio.CapacityLimiter(settings.mlflow_threads)
-        app.state.settings = settings
-        app.state.database = database
-        app.state.mlflow = mlflow
-        app.state.registration = RegistrationServices(
-            settings=settings, database=database, mlflow=mlflow, mlflow_limiter=limiter
-        )
-        try:
-            # Prepare the experiment now so the first registration does not pay for it; a
-            # remote MLflow that is down must not stop the service from starting.
-            await anyio.to_thread.run_sync(mlflow.ensure_experiment, limiter=limiter)
-        except Exception as e:
-            log.warning("mlflow_not_ready_at_startup", error=str(e)[:300])
-        log.info(
-            "service_started",
-            env=settings.env.value,
-            database=database.backend,
-            mlflow=_redacted_uri(settings.resolved_tracking_uri),
-        )
         async with AsyncExitStack() as stack:
+            stack.enter_context(configured_mlflow(request_timeout=settings.mlflow_request_timeout))
+            database = Database(settings.resolved_database_url)
             stack.push_async_callback(database.dispose)
+            events_listener = start_listener(database)
             stack.push_async_callback(events_listener.stop)
+            mlflow = MlflowRegistry(
+                tracking_uri=settings.resolved_tracking_uri,
+                registry_uri=settings.mlflow_registry_uri,
+                artifact_location=settings.mlflow_artifact_location,
+                retry_seconds=settings.mlflow_retry_seconds,
+            )
+            limiter = anyio.CapacityLimiter(settings.mlflow_threads)
+            app.state.settings = settings
+            app.state.database = database
+            app.state.mlflow = mlflow
+            app.state.registration = RegistrationServices(
+                settings=settings, database=database, mlflow=mlflow, mlflow_limiter=limiter
+            )
+            try:
+                # Prepare the experiment now so the first registration does not pay for it; a
+                # remote MLflow that is down must not stop the service from starting.
+                await anyio.to_thread.run_sync(mlflow.ensure_experiment, limiter=limiter)
+            except Exception as e:
+                log.warning("mlflow_not_ready_at_startup", error=str(e)[:300])
+            log.info(
+                "service_started",
+                env=settings.env.value,
+                database=database.backend,
+                mlflow=_redacted_uri(settings.resolved_tracking_uri),
+            )
             if settings.run_dispatcher:
                 app.state.dispatcher = await stack.enter_async_context(
                     dispatching(settings, database)
