@@ -9,6 +9,8 @@ import anyio
 import structlog
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from app.clients.mlflow import MlflowRegistry, configured_mlflow
 from app.config import Settings, get_settings
@@ -112,14 +114,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(system_router)
-    # Prometheus scrapes this; it holds counts and timings, no tokens, keys or payloads.
-    app.mount("/metrics", make_asgi_app())
+    # Prometheus scrapes this; it holds counts and timings, no tokens, keys or payloads. The
+    # route answers `/metrics` itself (a mount alone answers it with a 307 to `/metrics/`); the
+    # mount keeps `/metrics/` answering too.
+    prometheus = _PrometheusApp()
+    app.router.routes.append(Route("/metrics", prometheus, include_in_schema=False))
+    app.mount("/metrics", prometheus)
     app.include_router(tokens_router)
     app.include_router(registration_router)
     app.include_router(feed_router)
     app.include_router(webhooks_router)
     _register_problem_schema(app)
     return app
+
+
+class _PrometheusApp:
+    """prometheus_client's ASGI app as an object: Starlette runs a route endpoint that is not a
+    function as an ASGI app, and a function as a request handler."""
+
+    def __init__(self) -> None:
+        self._app = make_asgi_app()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 def _register_problem_schema(app: FastAPI) -> None:

@@ -52,7 +52,7 @@ class Samples:
 
 
 async def scrape(api: Api) -> Samples:
-    response = await api.client.get("/metrics/")
+    response = await api.client.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return Samples(response.text)
