@@ -23,7 +23,7 @@ from app.events.webhooks.router import router as webhooks_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from app.observability import refreshing_backlog
-from app.openapi import Problem, restore_example_nulls
+from app.openapi import install_openapi
 from app.registration.recovery import recovery_loop
 from app.registration.router import router as registration_router
 from app.registration.service import RegistrationServices
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(registration_router)
     app.include_router(feed_router)
     app.include_router(webhooks_router)
-    _register_problem_schema(app)
+    install_openapi(app)
     return app
 
 
@@ -137,22 +137,6 @@ class _PrometheusApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._app(scope, receive, send)
-
-
-def _register_problem_schema(app: FastAPI) -> None:
-    """Make `#/components/schemas/Problem` exist even before any route references it."""
-    original = app.openapi
-
-    def openapi() -> dict[str, object]:
-        if app.openapi_schema is None:
-            schema = original()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.setdefault("Problem", Problem.model_json_schema())
-            # FastAPI drops None values from the document, examples' nulls included.
-            app.openapi_schema = restore_example_nulls(schema)
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _redacted_uri(uri: str) -> str:
