@@ -45,7 +45,7 @@ async def test_read_only_unit_does_not_wait_for_a_writer(tmp_path: Path) -> None
 
 
 class TestSqliteReset:
-    """The pool's reset on SQLite: no ROLLBACK after a commit, a real one for an open transaction."""
+    """The pool's reset on SQLite: no ROLLBACK after a commit, one for an open transaction."""
 
     @staticmethod
     def traced(database: Database) -> list[str]:
@@ -92,10 +92,14 @@ class TestSqliteReset:
         try:
             async with database.transaction() as session:
                 await session.execute(sa.text("CREATE TABLE t (x INTEGER)"))
-            with pytest.raises(RuntimeError):
+
+            async def fail() -> None:
                 async with database.transaction() as session:
                     await session.execute(sa.text("INSERT INTO t VALUES (1)"))
                     raise RuntimeError("abandon")
+
+            with pytest.raises(RuntimeError):
+                await fail()
             assert statements[-2:] == ["rollback()", "ROLLBACK"]
             async with database.transaction(read_only=True) as session:
                 assert (await session.execute(sa.text("SELECT count(*) FROM t"))).scalar_one() == 0

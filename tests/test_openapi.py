@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from app.errors import HTTP_ERRORS, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, AppError
 from app.main import create_app
 from app.openapi import PROBLEM_REF, Problem, restore_example_nulls
-from tests.conftest import Api, make_settings
 from tests.factories import pickle_bytes
+from tests.support.service import Api, make_settings
 
 METHODS = ("get", "put", "post", "delete", "patch")
 PUBLIC = {("get", "/health"), ("get", "/ready")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import Api
+from tests.support.service import Api
 
 
 class TestAuthentication:
