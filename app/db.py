@@ -19,10 +19,10 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import PoolResetState
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import sqlite_driver
 from app.errors import DatabaseUnavailable
 
 # Set before any table is declared, so constraint names are stable across SQLite and PostgreSQL.
@@ -116,6 +116,19 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
+    # The engine is made with `pool_reset_on_return=None`, so this handler is the pool's whole
+    # reset (SQLAlchemy's documented custom reset scheme). A connection that comes back after
+    # its commit is outside any transaction, and a ROLLBACK there would only cost a round trip
+    # to aiosqlite's thread; one still inside a transaction is rolled back as the pool would.
+    @event.listens_for(engine, "reset")
+    def _on_reset(dbapi_connection: Any, record: Any, state: PoolResetState) -> None:
+        if state.terminate_only or not state.asyncio_safe or state.transaction_was_reset:
+            return  # discarded, or garbage-collected outside the loop, or already rolled back
+        driver = record.driver_connection  # the aiosqlite connection
+        if driver is not None and not driver.in_transaction:
+            return
+        dbapi_connection.rollback()
+
 
 READ_ONLY_OPTION = "hokusai_read_only"
 
@@ -123,9 +136,7 @@ READ_ONLY_OPTION = "hokusai_read_only"
 def create_engine_for(raw_url: str, *, pool_size: int = 10) -> AsyncEngine:
     url = async_url(raw_url)
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(
-            url, module=sqlite_driver.dbapi(), connect_args={"timeout": 30}
-        )
+        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_reset_on_return=None)
         _configure_sqlite(engine.sync_engine)
         return engine
     return create_async_engine(

@@ -9,8 +9,10 @@ import anyio
 import structlog
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from app.clients.mlflow import MlflowRegistry
+from app.clients.mlflow import MlflowRegistry, configured_mlflow
 from app.config import Settings, get_settings
 from app.db import Database
 from app.errors import install_error_handlers
@@ -27,7 +29,7 @@ from app.events.webhooks.router import router as webhooks_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from app.observability import refreshing_backlog
-from app.openapi import Problem, restore_example_nulls
+from app.openapi import install_openapi
 from app.registration.recovery import recovery_loop
 from app.registration.router import router as registration_router
 from app.registration.service import RegistrationServices
@@ -56,55 +58,55 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
-        database = Database(settings.resolved_database_url)
-        events_listener = start_listener(database)
-        mlflow = MlflowRegistry(
-            tracking_uri=settings.resolved_tracking_uri,
-            registry_uri=settings.mlflow_registry_uri,
-            artifact_location=settings.mlflow_artifact_location,
-            retry_seconds=settings.mlflow_retry_seconds,
-            request_timeout=settings.mlflow_request_timeout,
-        )
-        limiter = anyio.CapacityLimiter(settings.mlflow_threads)
-        # What this host can isolate models with is probed once, at start-up.
-        sandbox = await anyio.to_thread.run_sync(detect_sandbox, settings.evaluation_sandbox)
-        evaluation = EvaluationServices(
-            settings=settings,
-            database=database,
-            signer=await anyio.to_thread.run_sync(load_signer, settings),
-            sandbox=sandbox,
-            jobs=EventSignal(),
-        )
-        app.state.settings = settings
-        app.state.database = database
-        app.state.mlflow = mlflow
-        app.state.evaluation = evaluation
-        app.state.registration = RegistrationServices(
-            settings=settings,
-            database=database,
-            mlflow=mlflow,
-            mlflow_limiter=limiter,
-            evaluations=evaluation,
-        )
-        try:
-            # Prepare the experiment now so the first registration does not pay for it; a
-            # remote MLflow that is down must not stop the service from starting.
-            await anyio.to_thread.run_sync(mlflow.ensure_experiment, limiter=limiter)
-        except Exception as e:
-            log.warning("mlflow_not_ready_at_startup", error=str(e)[:300])
-        log.info(
-            "service_started",
-            env=settings.env.value,
-            database=database.backend,
-            mlflow=_redacted_uri(settings.resolved_tracking_uri),
-            sandbox=sandbox.mode.value,
-            sandbox_isolated=sandbox.isolated,
-        )
-        if not sandbox.isolated and sandbox_usable(settings, sandbox):
-            log.warning("evaluation_sandbox_not_isolated", detail=sandbox.detail)
         async with AsyncExitStack() as stack:
+            stack.enter_context(configured_mlflow(request_timeout=settings.mlflow_request_timeout))
+            database = Database(settings.resolved_database_url)
             stack.push_async_callback(database.dispose)
+            events_listener = start_listener(database)
             stack.push_async_callback(events_listener.stop)
+            mlflow = MlflowRegistry(
+                tracking_uri=settings.resolved_tracking_uri,
+                registry_uri=settings.mlflow_registry_uri,
+                artifact_location=settings.mlflow_artifact_location,
+                retry_seconds=settings.mlflow_retry_seconds,
+            )
+            limiter = anyio.CapacityLimiter(settings.mlflow_threads)
+            # What this host can isolate models with is probed once, at start-up.
+            sandbox = await anyio.to_thread.run_sync(detect_sandbox, settings.evaluation_sandbox)
+            evaluation = EvaluationServices(
+                settings=settings,
+                database=database,
+                signer=await anyio.to_thread.run_sync(load_signer, settings),
+                sandbox=sandbox,
+                jobs=EventSignal(),
+            )
+            app.state.settings = settings
+            app.state.database = database
+            app.state.mlflow = mlflow
+            app.state.evaluation = evaluation
+            app.state.registration = RegistrationServices(
+                settings=settings,
+                database=database,
+                mlflow=mlflow,
+                mlflow_limiter=limiter,
+                evaluations=evaluation,
+            )
+            try:
+                # Prepare the experiment now so the first registration does not pay for it; a
+                # remote MLflow that is down must not stop the service from starting.
+                await anyio.to_thread.run_sync(mlflow.ensure_experiment, limiter=limiter)
+            except Exception as e:
+                log.warning("mlflow_not_ready_at_startup", error=str(e)[:300])
+            log.info(
+                "service_started",
+                env=settings.env.value,
+                database=database.backend,
+                mlflow=_redacted_uri(settings.resolved_tracking_uri),
+                sandbox=sandbox.mode.value,
+                sandbox_isolated=sandbox.isolated,
+            )
+            if not sandbox.isolated and sandbox_usable(settings, sandbox):
+                log.warning("evaluation_sandbox_not_isolated", detail=sandbox.detail)
             if settings.run_dispatcher:
                 app.state.dispatcher = await stack.enter_async_context(
                     dispatching(settings, database)
@@ -142,31 +144,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(system_router)
-    # Prometheus scrapes this; it holds counts and timings, no tokens, keys or payloads.
-    app.mount("/metrics", make_asgi_app())
+    # Prometheus scrapes this; it holds counts and timings, no tokens, keys or payloads. The
+    # route answers `/metrics` itself (a mount alone answers it with a 307 to `/metrics/`); the
+    # mount keeps `/metrics/` answering too.
+    prometheus = _PrometheusApp()
+    app.router.routes.append(Route("/metrics", prometheus, include_in_schema=False))
+    app.mount("/metrics", prometheus)
     app.include_router(tokens_router)
     app.include_router(registration_router)
     app.include_router(evaluation_router)
     app.include_router(feed_router)
     app.include_router(webhooks_router)
-    _register_problem_schema(app)
+    install_openapi(app)
     return app
 
 
-def _register_problem_schema(app: FastAPI) -> None:
-    """Make `#/components/schemas/Problem` exist even before any route references it."""
-    original = app.openapi
+class _PrometheusApp:
+    """prometheus_client's ASGI app as an object: Starlette runs a route endpoint that is not a
+    function as an ASGI app, and a function as a request handler."""
 
-    def openapi() -> dict[str, object]:
-        if app.openapi_schema is None:
-            schema = original()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.setdefault("Problem", Problem.model_json_schema())
-            # FastAPI drops None values from the document, examples' nulls included.
-            app.openapi_schema = restore_example_nulls(schema)
-        return app.openapi_schema
+    def __init__(self) -> None:
+        self._app = make_asgi_app()
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 def _redacted_uri(uri: str) -> str:

@@ -11,51 +11,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.auth.models import Scope
 from app.errors import (
     PROBLEM_CONTENT_TYPE,
     AppError,
-    BenchmarkMismatch,
-    ChecksumMismatch,
     DatabaseUnavailable,
-    DeliveryNotFound,
     Forbidden,
-    IdempotencyKeyReused,
-    InternalError,
-    InvalidBaseline,
-    InvalidMetricValue,
-    InvalidModelFile,
-    InvalidPredictions,
-    InvalidStatusTransition,
-    MetricBelowBaseline,
-    MlflowFailed,
-    MlflowUnavailable,
-    PayloadTooLarge,
-    RegistrationInProgress,
-    RegistrationNotFound,
     RequestHeaderFieldsTooLarge,
-    StaticWebhookReadOnly,
-    TokenAlreadyExists,
-    TokenNotFound,
-    TokenNotRegistrable,
     TooManyRequests,
     Unauthorized,
-    UnsupportedMediaType,
-    UnsupportedMetric,
     ValidationFailed,
-    WebhookInactive,
-    WebhookNotFound,
-    WebhookUrlNotAllowed,
     problem_body,
 )
 
 PROBLEM_REF = "#/components/schemas/Problem"
 EXAMPLE_REQUEST_ID = "4f1c2b0e9a8d4c7e9b1a2c3d4e5f6a7b"
-EXAMPLE_REGISTRATION_ID = "7d9e2c41-5b0a-4f3e-9c8d-1a2b3c4d5e6f"
-EXAMPLE_WEBHOOK_ID = "5b1e8f2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
-EXAMPLE_DELIVERY_ID = "c3d4e5f6-a7b8-4c9d-8e0f-1a2b3c4d5e6f"
 
 
 class Problem(BaseModel):
@@ -80,137 +53,6 @@ class Problem(BaseModel):
     )
 
 
-# A realistic `detail` (and extra members) for each error, taken from where the service raises it.
-_EXAMPLES: dict[type[AppError], tuple[str, dict[str, Any]]] = {
-    Unauthorized: ("the API key is not valid", {}),
-    TooManyRequests: (
-        "too many failed authentications from this address; retry in 42 s",
-        {},
-    ),
-    TokenNotFound: ("no token XRAY", {}),
-    RegistrationNotFound: (f"no registration {EXAMPLE_REGISTRATION_ID}", {}),
-    WebhookNotFound: (f"no webhook {EXAMPLE_WEBHOOK_ID}", {}),
-    DeliveryNotFound: (f"no delivery {EXAMPLE_DELIVERY_ID} for webhook {EXAMPLE_WEBHOOK_ID}", {}),
-    TokenAlreadyExists: ("token XRAY already exists", {}),
-    TokenNotRegistrable: (
-        "token XRAY is registered; only draft and failed tokens can be registered",
-        {"token_status": "registered"},
-    ),
-    InvalidStatusTransition: (
-        "token XRAY is draft; it cannot become deployed",
-        {"token_status": "draft"},
-    ),
-    RegistrationInProgress: ("token XRAY is being registered right now", {}),
-    StaticWebhookReadOnly: (
-        "webhook static is configured by HOKUSAI_WEBHOOK_URL and HOKUSAI_WEBHOOK_SECRET; it "
-        "cannot be changed through the API",
-        {},
-    ),
-    WebhookInactive: (
-        f"webhook {EXAMPLE_WEBHOOK_ID} is inactive; re-activate it before retrying",
-        {"disabled_reason": "the receiver answered 410 Gone"},
-    ),
-    PayloadTooLarge: ("the request body is larger than 1048576 bytes", {}),
-    UnsupportedMediaType: (
-        "send the registration as multipart/form-data",
-        {"content_type": "application/json"},
-    ),
-    RequestHeaderFieldsTooLarge: (
-        "the request has 120 header fields; at most 100 are accepted",
-        {},
-    ),
-    ValidationFailed: (
-        "limit: Input should be less than or equal to 200",
-        {
-            "errors": [
-                {
-                    "loc": ["query", "limit"],
-                    "msg": "Input should be less than or equal to 200",
-                    "type": "less_than_equal",
-                }
-            ]
-        },
-    ),
-    UnsupportedMetric: (
-        "unsupported metric 'auprc'; supported metrics: accuracy, auroc, f1, precision, recall, "
-        "log_loss, mse, rmse, mae, r2, reply_rate, conversion_rate, engagement_score",
-        {},
-    ),
-    InvalidBaseline: (
-        "baseline must be a finite number in [0, 1] for auroc; got 1.5",
-        {"metric_name": "auroc", "valid_range": "[0, 1]"},
-    ),
-    InvalidMetricValue: (
-        "metric_value must be a finite number in [0, 1] for auroc; got 1.2",
-        {"metric_name": "auroc", "valid_range": "[0, 1]"},
-    ),
-    BenchmarkMismatch: (
-        "token XRAY has the baseline 0.82; got 0.8",
-        {"benchmark": {"metric": "auroc", "baseline": 0.82}},
-    ),
-    MetricBelowBaseline: (
-        "auroc 0.8 is below the baseline 0.82 (higher is better)",
-        {
-            "metric": {
-                "name": "auroc",
-                "value": 0.8,
-                "baseline": 0.82,
-                "min_improvement": 0.0,
-                "improvement": -0.02,
-                "higher_is_better": True,
-                "passed": False,
-            },
-            "registration_id": EXAMPLE_REGISTRATION_ID,
-        },
-    ),
-    InvalidModelFile: ("The model file is empty.", {}),
-    InvalidPredictions: ("predictions must be a .csv file", {}),
-    ChecksumMismatch: (
-        "the upload's sha256 is 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, "
-        "not e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        {
-            "expected_sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            "actual_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-        },
-    ),
-    IdempotencyKeyReused: (
-        "this Idempotency-Key was used for a different request; use a new key",
-        {"registration_id": EXAMPLE_REGISTRATION_ID},
-    ),
-    WebhookUrlNotAllowed: (
-        "webhooks may not target internal addresses: 10.0.0.7 is a private address",
-        {},
-    ),
-    InternalError: ("the registration failed unexpectedly; the token is now failed", {}),
-    MlflowFailed: ("MLflow refused the registration: RESOURCE_ALREADY_EXISTS", {}),
-    MlflowUnavailable: (
-        "MLflow did not answer (create_run) after 4 attempt(s) in 30.2 s",
-        {},
-    ),
-    DatabaseUnavailable: ("the database did not answer; try again shortly", {}),
-}
-
-_STATUS_TEXT = {
-    401: "Missing or unknown API key",
-    403: "The API key lacks this endpoint's scope",
-    404: "Not found",
-    409: "Conflict with the resource's current state",
-    413: "The request body is too large",
-    415: "Unsupported content type",
-    422: "The request is not valid",
-    429: "Too many failed authentications from this address; retry after `Retry-After` seconds",
-    431: "The request has too many header fields",
-    500: "Internal error",
-    502: "MLflow refused the operation",
-    503: "A dependency is unavailable; retry after `Retry-After` seconds",
-}
-
-_HEADERS: dict[int, dict[str, Any]] = {
-    401: {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
-    429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}},
-    503: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}},
-}
-
 ErrorSpec = type[AppError] | tuple[type[AppError], str] | tuple[type[AppError], str, dict[str, Any]]
 """An error an endpoint can answer with, optionally with the `detail` (and extra members) its
 example shows there."""
@@ -234,16 +76,23 @@ def invalid_field(*loc: str | int, msg: str, type_: str) -> ErrorSpec:
 def problem_example(
     error: type[AppError], detail: str | None = None, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The problem+json body `error` renders as, with a realistic detail."""
-    default_detail, default_extra = _EXAMPLES.get(error, (error.title, {}))
+    """The problem+json body `error` renders as, with its class's example unless given others."""
     return problem_body(
         status=error.status,
         code=error.code,
         title=error.title,
-        detail=detail if detail is not None else default_detail,
+        detail=detail if detail is not None else (error.example or error.title),
         request_id=EXAMPLE_REQUEST_ID,
-        extra=default_extra if extra is None else extra,
+        extra=error.example_extra if extra is None else extra,
     )
+
+
+def _status_error(status: int, errors: list[type[AppError]]) -> type[AppError]:
+    """The general error of a status: the class all the errors of that status derive from."""
+    error = errors[0]
+    while error.__base__ is not None and getattr(error.__base__, "status", None) == status:
+        error = error.__base__  # e.g. TokenNotFound -> NotFound
+    return error
 
 
 def problem_responses(
@@ -268,8 +117,10 @@ def problem_responses(
     specs.append(RequestHeaderFieldsTooLarge)
 
     by_status: dict[int, dict[str, dict[str, Any]]] = {}
+    classes: dict[int, list[type[AppError]]] = {}
     for spec in specs:
         error, detail, extra = _unpack(spec)
+        classes.setdefault(error.status, []).append(error)
         examples = by_status.setdefault(error.status, {})
         key, n = error.code, 1
         while key in examples:
@@ -282,14 +133,21 @@ def problem_responses(
         codes = ", ".join(
             f"`{code}`" for code in dict.fromkeys(e["value"]["code"] for e in examples.values())
         )
+        general = _status_error(status, classes[status])
+        headers = {
+            name: {"description": text, "schema": {"type": "string"}}
+            for error in classes[status]
+            for name, text in error.documented_headers.items()
+        }
+        retry = "; retry after `Retry-After` seconds" if "Retry-After" in headers else ""
         entry: dict[str, Any] = {
-            "description": f"{_STATUS_TEXT.get(status, 'Error')}. `code`: {codes}.",
+            "description": f"{general.title}{retry}. `code`: {codes}.",
             "content": {
                 PROBLEM_CONTENT_TYPE: {"schema": {"$ref": PROBLEM_REF}, "examples": examples}
             },
         }
-        if status in _HEADERS:
-            entry["headers"] = _HEADERS[status]
+        if headers:
+            entry["headers"] = headers
         responses[status] = entry
     return responses
 
@@ -308,6 +166,36 @@ def json_example(example: Any, *, description: str | None = None) -> dict[str, A
     if description is not None:
         entry["description"] = description
     return entry
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the document with the `Problem` schema and with the nulls of its examples.
+
+    Both changes go through FastAPI's documented hook for extending the document (replacing
+    `app.openapi`), and both make up for a FastAPI limitation:
+
+    - FastAPI documents a `responses` entry's `model` under the route's own media type
+      (`application/json`), never `application/problem+json` (fastapi/fastapi#3122, open), and
+      the service answers errors only as problem+json. So `problem_responses` refers to
+      `PROBLEM_REF`, and the schema is added to the components here. When a `responses` model can
+      name its media type, give `problem_responses` `"model": Problem` and drop the addition.
+    - FastAPI encodes the document with `exclude_none`, which also drops the nulls of examples
+      (fastapi/fastapi#5559, open; a fix is proposed in fastapi/fastapi#15646). When a release
+      keeps them, drop `restore_example_nulls`.
+
+    tests/test_openapi.py (`TestFastApiLimits`) fails when either limitation is gone.
+    """
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.setdefault("Problem", Problem.model_json_schema())
+            app.openapi_schema = restore_example_nulls(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def restore_example_nulls(spec: dict[str, Any]) -> dict[str, Any]:

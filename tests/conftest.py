@@ -10,49 +10,30 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 import sqlalchemy as sa
-from fastapi import FastAPI
+from sqlmodel import SQLModel
 
-from app.auth.service import create_api_key
-from app.config import Environment, Settings
-from app.db import Database
 from app.main import create_app
 from app.manage import migrate
+from tests.support.service import POSTGRES_ADMIN_URL, Api, make_settings, postgres_available
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "HOKUSAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+# Tables the migrations fill with rows the service needs: reset, not emptied.
+RESET = {"dispatch_cursors": "UPDATE dispatch_cursors SET position = 0"}
+# Every other table of the models (app.main imports them all), children before their parents.
+TABLES = tuple(
+    table.name for table in reversed(SQLModel.metadata.sorted_tables) if table.name not in RESET
 )
-TABLES = (
-    "evaluation_jobs",
-    "benchmarks",
-    "delivery_attempts",
-    "deliveries",
-    "webhook_endpoints",
-    "registrations",
-    "events",
-    "tokens",
-    "api_keys",
-)
-
-
-def _postgres_available() -> bool:
-    try:
-        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3):
-            return True
-    except psycopg.OperationalError:
-        return False
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
-    if not _postgres_available():
+    if not postgres_available():
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} under CI")
         pytest.skip("PostgreSQL is not reachable")
@@ -69,47 +50,6 @@ def postgres_url() -> Iterator[str]:
 def mlflow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One local MLflow store (SQLite + files) shared by the session's in-process tests."""
     return tmp_path_factory.mktemp("mlflow")
-
-
-def make_settings(
-    data_dir: Path, database_url: str, mlflow_dir: Path, **overrides: object
-) -> Settings:
-    values: dict[str, object] = {
-        "env": Environment.TEST,
-        "data_dir": data_dir,
-        "database_url": database_url,
-        "mlflow_tracking_uri": f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-        "mlflow_artifact_root": (mlflow_dir / "artifacts").as_uri(),
-        "mlflow_retry_seconds": 2.0,
-        "log_json": False,
-        "log_level": "WARNING",
-        # Tests that deliver events run their own dispatcher, so nothing races them for work.
-        "run_dispatcher": False,
-        # The session-wide app sees many deliberate 401s; the limit has its own tests.
-        "auth_failure_limit": 1_000_000,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-@dataclass
-class Api:
-    """The app in process, a client, and keys for it."""
-
-    app: FastAPI
-    client: httpx.AsyncClient
-    settings: Settings
-    database: Database
-    admin_key: str
-    backend: str
-
-    def auth(self, key: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.admin_key}"}
-
-    async def key_with(self, *scopes: str) -> str:
-        async with self.database.transaction() as session:
-            _, key = await create_api_key(session, name="test", scopes=scopes)
-        return key
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
@@ -150,6 +90,7 @@ async def api(_api_session: Api) -> Api:
         else:
             for table in TABLES:
                 await conn.execute(sa.text(f"DELETE FROM {table}"))
-        await conn.execute(sa.text("UPDATE dispatch_cursors SET position = 0"))
+        for statement in RESET.values():
+            await conn.execute(sa.text(statement))
     _api_session.admin_key = await _api_session.key_with("admin")
     return _api_session

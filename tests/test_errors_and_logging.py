@@ -15,8 +15,8 @@ import structlog
 
 import app.tokens.service
 from app.logging import configure_logging
-from tests.conftest import Api
 from tests.factories import create_token, register
+from tests.support.service import Api
 
 PROBLEM = "application/problem+json"
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

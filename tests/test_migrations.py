@@ -26,7 +26,7 @@ import app.registration.models
 import app.tokens.models  # noqa: F401  (every table on the metadata)
 from app.db import sync_url
 from app.manage import alembic_config
-from tests.conftest import POSTGRES_ADMIN_URL
+from tests.support.service import POSTGRES_ADMIN_URL
 
 CORE_TABLES = {"api_keys", "tokens", "registrations", "events"}
 

@@ -24,8 +24,8 @@ from app.errors import MlflowUnavailable
 from app.logging import configure_logging
 from app.main import create_app
 from app.observability import refresh_backlog, refreshing_backlog
-from tests.conftest import Api, make_settings
 from tests.factories import create_token, pickle_bytes, register
+from tests.support.service import Api, make_settings
 
 REGISTER_ROUTE = "/models/{token_id}/register"
 
@@ -52,7 +52,7 @@ class Samples:
 
 
 async def scrape(api: Api) -> Samples:
-    response = await api.client.get("/metrics/")
+    response = await api.client.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return Samples(response.text)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from tests.conftest import Api
+import pytest
+
+from tests.support.service import Api
 
 
 def closed_port() -> int:
@@ -31,14 +33,13 @@ class TestReady:
             "detail": sandbox.detail,
         }
 
-    async def test_redis_is_reported_when_configured(self, api: Api) -> None:
-        api.settings.redis_url = "redis://127.0.0.1:6379/0"
-        try:
-            up = (await api.client.get("/ready")).json()
-            api.settings.redis_url = f"redis://127.0.0.1:{closed_port()}/0"
-            down = await api.client.get("/ready")
-        finally:
-            api.settings.redis_url = None
+    async def test_redis_is_reported_when_configured(
+        self, api: Api, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(api.settings, "redis_url", "redis://127.0.0.1:6379/0")
+        up = (await api.client.get("/ready")).json()
+        monkeypatch.setattr(api.settings, "redis_url", f"redis://127.0.0.1:{closed_port()}/0")
+        down = await api.client.get("/ready")
         assert up["checks"]["redis"] == "ok"
         # Redis down delays events; the service itself stays ready.
         assert down.status_code == 200

@@ -177,7 +177,34 @@ def _as_artifact_uri(location: str) -> str:
     return Path(location).expanduser().resolve().as_uri()
 
 
-def _adopt_mlflow_loggers() -> None:
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def client_environment(*, request_timeout: float) -> dict[str, str]:
+    """The environment variables that make MLflow's REST client fail fast and stay quiet.
+
+    MLflow reads these on every request (`mlflow.environment_variables`); they are its only way
+    to configure the client, and they are process-wide. Without them its own loop would retry 7
+    times with backoff, 120 s each: minutes per call, under the service's bounded retry.
+    """
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(request_timeout))),
+        # Against a server, set_terminated prints the run's UI link to stdout (with an extra
+        # GET): stdout carries the service's JSON logs.
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    }
+
+
+def adopt_mlflow_loggers() -> None:
     """Hand MLflow's loggers back to the application's logging setup, MLflow's at WARNING."""
     # Importing mlflow gives these loggers their own stderr handler and turns propagation off,
     # which would bypass the service's structured log formatter.
@@ -193,30 +220,43 @@ def _adopt_mlflow_loggers() -> None:
     logging.getLogger("huey").setLevel(logging.NOTSET)
 
 
-_adopt_mlflow_loggers()
+# The environments of the `configured_mlflow` blocks that are open, newest last, and the values
+# they replaced. Several blocks may overlap (an application per test backend) and end in any order.
+_open_environments: list[dict[str, str]] = []
+_replaced: dict[str, str | None] = {}
+_environment_lock = threading.Lock()
+
+
+def _apply(environment: Mapping[str, str | None]) -> None:
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    logger = logging.getLogger(logger_name)
-    previous = logger.level
-    logger.setLevel(logging.WARNING)
+def configured_mlflow(*, request_timeout: float) -> Iterator[None]:
+    """MLflow set up for the service while the block runs (the application's lifespan).
+
+    MLflow's loggers go through the service's logging, and its REST client fails fast
+    (`client_environment`). When the last open block ends, the environment is as it was.
+    """
+    adopt_mlflow_loggers()
+    environment = client_environment(request_timeout=request_timeout)
+    with _environment_lock:
+        if not _open_environments:
+            _replaced.update({name: os.environ.get(name) for name in environment})
+        _open_environments.append(environment)
+        _apply(environment)
     try:
         yield
     finally:
-        logger.setLevel(previous)
-
-
-def _configure_http(request_timeout: float) -> None:
-    """Make MLflow's REST client fail fast so that our bounded retry is the only one."""
-    # mlflow reads these on every request (mlflow.environment_variables), so setting them before
-    # the first call is enough; they are process-wide, like the MLflow client's HTTP sessions.
-    # Its own loop would otherwise retry 7 times with backoff, 120 s each: minutes per call.
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(request_timeout)))
-    # Against a server, set_terminated prints the run's UI link to stdout (with an extra GET):
-    # stdout carries the service's JSON logs.
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        with _environment_lock:
+            _open_environments.remove(environment)
+            _apply(_open_environments[-1] if _open_environments else _replaced)
+            if not _open_environments:
+                _replaced.clear()
 
 
 class MlflowRegistry:
@@ -229,7 +269,6 @@ class MlflowRegistry:
         registry_uri: str | None = None,
         artifact_location: str | None = None,
         retry_seconds: float = 20.0,
-        request_timeout: float = 30.0,
     ) -> None:
         self._tracking_uri = tracking_uri
         self._registry_uri = registry_uri or tracking_uri
@@ -244,7 +283,6 @@ class MlflowRegistry:
         self._experiment_id: str | None = None
         # Run id -> artifact URI of the runs this process created and has not logged to yet.
         self._artifact_uris: dict[str, str] = {}
-        _configure_http(request_timeout)
 
     # plumbing -----------------------------------------------------------------------------------
 

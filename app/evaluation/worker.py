@@ -25,7 +25,7 @@ import structlog
 from anyio import CapacityLimiter
 
 from app import background, observability
-from app.clients.mlflow import MlflowError, MlflowRegistry
+from app.clients.mlflow import MlflowError, MlflowRegistry, configured_mlflow
 from app.config import Settings
 from app.db import Database, utcnow
 from app.errors import AppError, EvaluationFailed, InternalError, MlflowFailed
@@ -568,7 +568,6 @@ async def evaluating_standalone(settings: Settings, database: Database) -> Async
         registry_uri=settings.mlflow_registry_uri,
         artifact_location=settings.mlflow_artifact_location,
         retry_seconds=settings.mlflow_retry_seconds,
-        request_timeout=settings.mlflow_request_timeout,
     )
     evaluation = EvaluationServices(
         settings=settings,
@@ -584,5 +583,6 @@ async def evaluating_standalone(settings: Settings, database: Database) -> Async
         mlflow_limiter=CapacityLimiter(settings.mlflow_threads),
         evaluations=evaluation,
     )
-    async with evaluating(registration, evaluation):
-        yield
+    with configured_mlflow(request_timeout=settings.mlflow_request_timeout):
+        async with evaluating(registration, evaluation):
+            yield

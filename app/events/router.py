@@ -12,6 +12,7 @@ from app.errors import ValidationFailed
 from app.events import feed
 from app.events.feed import EventFeed
 from app.openapi import invalid_field, problem_responses
+from app.tokens.schemas import TOKEN_ID_RULE
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -28,11 +29,7 @@ _MAX_SEQUENCE = 2**63 - 1
             msg="Input should be less than or equal to 30",
             type_="less_than_equal",
         ),
-        (
-            ValidationFailed,
-            "token_id must be 1-64 characters of A-Z, a-z, 0-9 and '-', with no leading or "
-            "trailing hyphen",
-        ),
+        (ValidationFailed, TOKEN_ID_RULE),
         scope=Scope.EVENTS_READ,
     ),
 )

@@ -37,6 +37,7 @@ from app.openapi import REQUEST_NOT_VALID, problem_responses
 from app.registration import sdk_fields, service
 from app.registration.models import RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
+from app.tokens.schemas import TOKEN_ID_RULE
 
 router = APIRouter(tags=["registrations"])
 
@@ -287,11 +288,7 @@ async def get_registration(
     summary="List a token's registrations",
     responses=problem_responses(
         TokenNotFound,
-        (
-            ValidationFailed,
-            "token_id must be 1-64 characters of A-Z, a-z, 0-9 and '-', with no leading or "
-            "trailing hyphen",
-        ),
+        (ValidationFailed, TOKEN_ID_RULE),
         scope=Scope.TOKENS_READ,
     ),
 )

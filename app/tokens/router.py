@@ -22,6 +22,7 @@ from app.tokens import service
 from app.tokens.models import TokenStatus
 from app.tokens.schemas import (
     EXAMPLE_DRAFT_TOKEN,
+    TOKEN_ID_RULE,
     TokenCreate,
     TokenPage,
     TokenPublic,
@@ -30,10 +31,7 @@ from app.tokens.schemas import (
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
-_BAD_TOKEN_ID = (
-    ValidationFailed,
-    "token_id must be 1-64 characters of A-Z, a-z, 0-9 and '-', with no leading or trailing hyphen",
-)
+_BAD_TOKEN_ID = (ValidationFailed, TOKEN_ID_RULE)
 TokenIdPath = Annotated[
     str,
     Path(

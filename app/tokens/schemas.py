@@ -14,6 +14,9 @@ from app.tokens.models import Token, TokenStatus
 
 TOKEN_ID_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?$"
 _TOKEN_ID = re.compile(TOKEN_ID_PATTERN)
+TOKEN_ID_RULE = (
+    "token_id must be 1-64 characters of A-Z, a-z, 0-9 and '-', with no leading or trailing hyphen"
+)
 MAX_METADATA_BYTES = 16 * 1024
 
 EXAMPLE_TOKEN: dict[str, Any] = {
@@ -49,11 +52,7 @@ EXAMPLE_DRAFT_TOKEN: dict[str, Any] = {
 def normalize_token_id(raw: str) -> str:
     """The canonical (upper-case) token id; `ValidationFailed` for a malformed one."""
     if not _TOKEN_ID.fullmatch(raw):
-        raise ValidationFailed(
-            "token_id must be 1-64 characters of A-Z, a-z, 0-9 and '-', "
-            "with no leading or trailing hyphen",
-            extra={"token_id": raw[:80]},
-        )
+        raise ValidationFailed(TOKEN_ID_RULE, extra={"token_id": raw[:80]})
     return raw.upper()
 
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import Api
+from tests.support.service import Api
 
 
 class TestAuthentication:
-    @pytest.mark.parametrize("path", ["/health", "/ready", "/docs", "/openapi.json", "/metrics/"])
+    @pytest.mark.parametrize(
+        "path", ["/health", "/ready", "/docs", "/openapi.json", "/metrics", "/metrics/"]
+    )
     async def test_probes_and_docs_need_no_key(self, api: Api, path: str) -> None:
         response = await api.client.get(path)
         assert response.status_code == 200, response.text
 
     async def test_metrics_are_in_prometheus_format(self, api: Api) -> None:
-        response = await api.client.get("/metrics/")
-        assert response.status_code == 200
+        response = await api.client.get("/metrics")
+        assert response.status_code == 200  # directly, not a redirect to /metrics/
         assert "hokusai_event_deliveries_total" in response.text
         assert "hokusai_event_deliveries_pending" in response.text
 

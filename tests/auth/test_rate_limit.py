@@ -17,7 +17,7 @@ from app.auth.service import create_api_key
 from app.errors import TooManyRequests
 from app.main import create_app
 from app.manage import migrate
-from tests.conftest import make_settings
+from tests.support.service import make_settings
 
 ATTACKER = "203.0.113.7"
 BYSTANDER = "198.51.100.20"

@@ -10,6 +10,8 @@ import os
 import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -38,6 +40,8 @@ from app.clients.mlflow import (
     MlflowError,
     MlflowRegistry,
     ModelVersionRef,
+    client_environment,
+    configured_mlflow,
     is_transient,
 )
 from app.errors import MlflowUnavailable
@@ -50,6 +54,13 @@ from tests.mlflow_server import MlflowServer, free_port
 class Store:
     tracking_uri: str
     artifact_dir: Path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_set_up() -> Iterator[None]:
+    """MLflow set up as the application's lifespan does it, for the registries made here."""
+    with configured_mlflow(request_timeout=30):
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -459,7 +470,7 @@ class TestFailRegistration:
         assert version.aliases == []
 
     def test_never_raises_and_stays_bounded_when_mlflow_is_down(self) -> None:
-        registry = MlflowRegistry(tracking_uri=dead_uri(), retry_seconds=1.0, request_timeout=1)
+        registry = MlflowRegistry(tracking_uri=dead_uri(), retry_seconds=1.0)
         started = time.monotonic()
 
         # Every step fails: tag and terminate the run, look for versions by run, delete one.
@@ -502,10 +513,10 @@ class TestUnavailable:
             listener.bind(("127.0.0.1", 0))
             listener.listen(16)
             uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
-            registry = MlflowRegistry(tracking_uri=uri, retry_seconds=1.0, request_timeout=1)
+            registry = MlflowRegistry(tracking_uri=uri, retry_seconds=1.0)
             started = time.monotonic()
 
-            with pytest.raises(MlflowUnavailable):
+            with configured_mlflow(request_timeout=1), pytest.raises(MlflowUnavailable):
                 registry.start_run(run_name="hang", tags={})
 
             assert time.monotonic() - started < 5.0
@@ -519,15 +530,70 @@ class TestUnavailable:
         assert stub.requests > 1
 
     def test_mlflow_client_does_not_retry_on_its_own(self) -> None:
-        MlflowRegistry(tracking_uri=dead_uri(), request_timeout=2.5)
-
         from mlflow.environment_variables import (
             MLFLOW_HTTP_REQUEST_MAX_RETRIES,
             MLFLOW_HTTP_REQUEST_TIMEOUT,
         )
 
-        assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 0
-        assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 3
+        with configured_mlflow(request_timeout=2.5):
+            assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 0
+            assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 3
+
+
+class TestSetUp:
+    """`configured_mlflow` is the only place that touches the environment, and it cleans up."""
+
+    OTHERS = tuple(set(client_environment(request_timeout=1)) - {"MLFLOW_HTTP_REQUEST_TIMEOUT"})
+
+    def test_importing_and_constructing_change_nothing(self) -> None:
+        code = (
+            "import json, logging, os\n"
+            "before = dict(os.environ)\n"
+            "import app.clients.mlflow as m\n"
+            "m.MlflowRegistry(tracking_uri='http://127.0.0.1:9', retry_seconds=1)\n"
+            "names = ('mlflow', 'alembic', 'huey', 'sqlalchemy.engine')\n"
+            "print(json.dumps({'environ_changed': dict(os.environ) != before,\n"
+            "    'propagate': [logging.getLogger(n).propagate for n in names]}))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        seen = json.loads(out.stdout.strip().splitlines()[-1])
+        assert seen["environ_changed"] is False
+        # mlflow's import turns propagation off; only the set-up turns it back on.
+        assert seen["propagate"] == [False, False, False, False]
+
+    def test_sets_up_loggers_and_restores_the_environment(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+        monkeypatch.setattr(logging.getLogger("mlflow"), "propagate", False)
+        with configured_mlflow(request_timeout=4):
+            assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "4"
+            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+            assert logging.getLogger("mlflow").propagate is True
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the module's own block
+        assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in os.environ
+
+    def test_overlapping_blocks_may_end_in_any_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # As if no block were open (this module's own stays open around the test).
+        monkeypatch.setattr("app.clients.mlflow._open_environments", [])
+        monkeypatch.setattr("app.clients.mlflow._replaced", {})
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
+        for name in self.OTHERS:
+            monkeypatch.delenv(name, raising=False)
+        first, second = configured_mlflow(request_timeout=5), configured_mlflow(request_timeout=6)
+        first.__enter__()
+        second.__enter__()
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "6"
+        first.__exit__(None, None, None)  # the older block ends first
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "6"
+        assert all(name in os.environ for name in self.OTHERS)
+        second.__exit__(None, None, None)
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
+        assert not any(name in os.environ for name in self.OTHERS)
 
 
 class TestNonTransient:
@@ -651,7 +717,7 @@ class TestAgainstMlflowServer:
     ) -> None:
         assert early_server is not None
         uri = early_server.wait_healthy()
-        registry = MlflowRegistry(tracking_uri=uri, retry_seconds=5.0, request_timeout=10)
+        registry = MlflowRegistry(tracking_uri=uri, retry_seconds=5.0)
         reader = MlflowClient(tracking_uri=uri, registry_uri=uri)
         registry.ping()
         model_name = unique_model_name()

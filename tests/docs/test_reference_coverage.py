@@ -127,7 +127,7 @@ def test_global_options_are_in_the_cli_reference() -> None:
 def error_codes() -> set[str]:
     """Every code app/errors.py can put in a problem: its classes and the generic HTTP ones."""
     codes = {cls.code for cls in _subclasses(errors.AppError)} | {errors.AppError.code}
-    codes |= {code for code, _title in errors._HTTP_CODES.values()}
+    codes |= {error.code for error in errors.HTTP_ERRORS.values()}
     source = (ROOT / "app" / "errors.py").read_text()
     codes |= set(re.findall(r'code="([a-z_]+)"', source))
     # ("code", "Title") pairs: the generic HTTP codes, `http_error` among them.

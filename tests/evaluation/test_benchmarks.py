@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from app.evaluation.benchmarks import FEATURES_FILE, LABELS_FILE
-from tests.conftest import Api
 from tests.evaluation.data import FEATURES, benchmark_csv, classification, put_benchmark, regression
 from tests.factories import create_token
+from tests.support.service import Api
 
 
 class TestUpload:

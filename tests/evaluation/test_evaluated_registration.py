@@ -23,7 +23,6 @@ from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score
 
 from app.evaluation.sandbox import SandboxInfo, SandboxMode
-from tests.conftest import Api
 from tests.evaluation.data import (
     Dataset,
     benchmark_csv,
@@ -37,6 +36,7 @@ from tests.evaluation.data import (
     regression,
 )
 from tests.factories import create_token, register
+from tests.support.service import Api
 
 SETTLE_SECONDS = 120.0
 

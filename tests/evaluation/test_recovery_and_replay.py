@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from app.db import UTCDateTime, utcnow
 from app.registration.recovery import recover_stale
 from app.registration.service import RegistrationServices
-from tests.conftest import Api
 from tests.evaluation.data import benchmark_csv, classification, logistic, put_benchmark
 from tests.factories import create_token, register
+from tests.support.service import Api
 
 
 def _slow(inner: bytes, seconds: float) -> bytes:

@@ -29,7 +29,7 @@ from app.events.models import Delivery, WebhookEndpoint
 from app.events.outbox import NewEvent, write_events
 from app.events.redis_channel import CHANNEL, STREAM, RedisPublisher
 from app.events.webhooks.sender import WebhookSender
-from tests.conftest import Api
+from tests.support.service import Api
 from tests.webhook_receiver import Reply, WebhookReceiver
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -47,11 +47,12 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-async def dispatcher(api: Api) -> AsyncIterator[Callable[..., Dispatcher]]:
+async def dispatcher(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Callable[..., Dispatcher]]:
     """Builds dispatchers on the test database with a fast retry schedule; closes them after."""
     made: list[Dispatcher] = []
-    original_schedule = api.settings.webhook_retry_schedule
-    api.settings.webhook_retry_schedule = FAST_SCHEDULE
+    monkeypatch.setattr(api.settings, "webhook_retry_schedule", FAST_SCHEDULE)
 
     def make(*, redis_url: str | None = None, worker: str | None = None) -> Dispatcher:
         sender = WebhookSender(allow_private=True, require_https=False, timeout=1.0)
@@ -69,7 +70,6 @@ async def dispatcher(api: Api) -> AsyncIterator[Callable[..., Dispatcher]]:
         return built
 
     yield make
-    api.settings.webhook_retry_schedule = original_schedule
     for built in made:
         await built.sender.aclose()
         if built.redis is not None:
@@ -498,7 +498,7 @@ class TestPingAndManualRetry:
 
 class TestHousekeeping:
     async def test_counts_and_retention(
-        self, api: Api, dispatcher: Callable[..., Dispatcher]
+        self, api: Api, dispatcher: Callable[..., Dispatcher], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         with WebhookReceiver() as receiver:
             await add_endpoint(api, receiver.url)
@@ -508,14 +508,10 @@ class TestHousekeeping:
         figures = await worker.housekeeping()
         assert figures["delivered"] == 4
         assert figures["deleted_deliveries"] == 0
-        original = (api.settings.delivery_retention_days, api.settings.event_retention_days)
-        api.settings.delivery_retention_days = 1e-9
-        api.settings.event_retention_days = 1e-9
-        try:
-            await asyncio.sleep(0.01)
-            figures = await worker.housekeeping()
-        finally:
-            api.settings.delivery_retention_days, api.settings.event_retention_days = original
+        monkeypatch.setattr(api.settings, "delivery_retention_days", 1e-9)
+        monkeypatch.setattr(api.settings, "event_retention_days", 1e-9)
+        await asyncio.sleep(0.01)
+        figures = await worker.housekeeping()
         assert figures["deleted_deliveries"] == 4
         assert figures["deleted_events"] == 4
         assert await deliveries(api) == []

@@ -17,7 +17,7 @@ from app.db import sync_url, utcnow
 from app.events import feed
 from app.events.listener import APPLICATION_NAME
 from app.events.outbox import EVENT_SOURCE, NOTIFY_CHANNEL, OUTBOX_LOCK_KEY, NewEvent, write_events
-from tests.conftest import Api
+from tests.support.service import Api
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 

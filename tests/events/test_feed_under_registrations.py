@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.conftest import Api
 from tests.factories import create_token, register
+from tests.support.service import Api
 
 REGISTRATIONS = 6
 

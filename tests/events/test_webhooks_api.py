@@ -23,7 +23,7 @@ from app.events.models import (
     WebhookEndpoint,
 )
 from app.events.signal import new_events
-from tests.conftest import Api
+from tests.support.service import Api
 
 HOOK_URL = "https://site.example/hooks/hokusai"
 GOOD_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()

@@ -23,7 +23,7 @@ from app.db import Database
 from app.events.models import WebhookEndpoint
 from app.events.outbox import NewEvent, write_events
 from app.manage import migrate
-from tests.conftest import POSTGRES_ADMIN_URL, _postgres_available
+from tests.support.service import POSTGRES_ADMIN_URL, postgres_available
 from tests.webhook_receiver import Reply, WebhookReceiver
 
 BIN = Path(sys.executable).parent
@@ -33,7 +33,7 @@ SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 @pytest.fixture
 def fresh_postgres() -> Iterator[str]:
-    if not _postgres_available():
+    if not postgres_available():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not reachable under CI")
         pytest.skip("PostgreSQL is not reachable")

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from mlflow import MlflowClient
 
-from tests.conftest import Api
 from tests.factories import (
     MLMODEL_WITH_SIGNATURE,
     create_token,
@@ -26,11 +24,8 @@ from tests.factories import (
     sha256,
     tags_field,
 )
-
-
-def mlflow_client(api: Api) -> MlflowClient:
-    uri = api.settings.resolved_tracking_uri
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+from tests.support.mlflow import mlflow_client, model_versions
+from tests.support.service import Api
 
 
 async def outbox(api: Api, token_id: str | None = None) -> list[dict[str, Any]]:
@@ -44,14 +39,6 @@ async def token(api: Api, token_id: str) -> dict[str, Any]:
     response = await api.client.get(f"/tokens/{token_id}", headers=api.auth())
     result: dict[str, Any] = response.json()
     return result
-
-
-def versions_for(api: Api, model_name: str) -> list[Any]:
-    client = mlflow_client(api)
-    try:
-        return list(client.search_model_versions(f"name='{model_name}'"))
-    except Exception:
-        return []
 
 
 class TestSuccessfulRegistration:
@@ -252,7 +239,7 @@ class TestRejectedRegistration:
         stored = await token(api, token_id)
         assert stored["status"] == "draft"
         assert stored["mlflow_run_id"] is None
-        assert versions_for(api, f"hokusai-{token_id}") == []
+        assert model_versions(api, f"hokusai-{token_id}") == []
         events = await outbox(api, token_id)
         if event:
             assert [e["event_type"] for e in events] == ["model_validation_failed"]
@@ -292,7 +279,7 @@ class TestRejectedRegistration:
         second = await register(api.client, api.auth(), token_id=token_id)
         assert second.status_code == 409
         assert second.json()["code"] == "token_not_registrable"
-        assert len(versions_for(api, f"hokusai-{token_id}")) == 1
+        assert len(model_versions(api, f"hokusai-{token_id}")) == 1
 
     async def test_unsupported_metric(self, api: Api) -> None:
         token_id = await self.draft(api, "UNSUP")
@@ -404,16 +391,12 @@ class TestRejectedRegistration:
         )
         await self.assert_rejected(api, response, token_id, 422, "checksum_mismatch")
 
-    async def test_payload_too_large(self, api: Api) -> None:
+    async def test_payload_too_large(self, api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
         token_id = await self.draft(api, "BIG")
-        limit = api.settings.max_upload_bytes
-        api.settings.max_upload_bytes = 4096
-        try:
-            response = await register(
-                api.client, api.auth(), token_id=token_id, model=pickle_bytes(size=10_000)
-            )
-        finally:
-            api.settings.max_upload_bytes = limit
+        monkeypatch.setattr(api.settings, "max_upload_bytes", 4096)
+        response = await register(
+            api.client, api.auth(), token_id=token_id, model=pickle_bytes(size=10_000)
+        )
         await self.assert_rejected(api, response, token_id, 413, "payload_too_large")
 
     async def test_both_metric_value_and_predictions(self, api: Api) -> None:
@@ -464,7 +447,7 @@ class TestConcurrency:
         assert codes == [201, 409]
         loser = next(r for r in responses if r.status_code == 409)
         assert loser.json()["code"] in ("registration_in_progress", "token_not_registrable")
-        assert len(versions_for(api, f"hokusai-{token_id}")) == 1
+        assert len(model_versions(api, f"hokusai-{token_id}")) == 1
         assert (await token(api, token_id))["status"] == "registered"
 
 
@@ -477,7 +460,7 @@ class TestIdempotency:
         second = await register(api.client, headers, token_id=token_id)
         assert first.status_code == second.status_code == 201
         assert second.json()["registration_id"] == first.json()["registration_id"]
-        assert len(versions_for(api, f"hokusai-{token_id}")) == 1
+        assert len(model_versions(api, f"hokusai-{token_id}")) == 1
 
     async def test_same_key_with_other_request_is_422(self, api: Api) -> None:
         token_id = f"IDEM2-{api.backend}".upper()

@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 from app.auth.service import create_api_key
 from app.main import create_app
 from app.manage import migrate
-from tests.conftest import Api, make_settings
 from tests.factories import create_token, register
+from tests.support.service import Api, make_settings
 
 
 def closed_port() -> int:

@@ -16,8 +16,9 @@ import pytest
 from mlflow import MlflowClient
 
 from app.registration import service
-from tests.conftest import Api
 from tests.factories import create_token, pickle_bytes, register, sha256
+from tests.support.mlflow import model_versions
+from tests.support.service import Api
 
 MiB = 1024 * 1024
 BOUNDARY = "hokusai-test-boundary-7f3a"
@@ -58,15 +59,6 @@ def multipart(*parts: bytes, closed: bool = True, boundary: str = BOUNDARY) -> b
     return b"".join(parts) + (f"--{boundary}--\r\n".encode() if closed else b"")
 
 
-def registered_versions(api: Api, model_name: str) -> list[Any]:
-    uri = api.settings.resolved_tracking_uri
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        return list(client.search_model_versions(f"name='{model_name}'"))
-    except Exception:
-        return []
-
-
 def leftovers(api: Api) -> set[Path]:
     return set(api.settings.upload_dir.rglob("*"))
 
@@ -104,7 +96,7 @@ async def assert_refused(
     assert stored.json()["status"] == "draft"
     assert stored.json()["mlflow_run_id"] is None
     assert stored.json()["model_version"] is None
-    assert registered_versions(api, f"hokusai-{token_id}") == []
+    assert model_versions(api, f"hokusai-{token_id}") == []
     return body
 
 
@@ -193,7 +185,9 @@ class TestRepeatedOrOversizedFields:
 
 
 class TestDeclaredLength:
-    async def test_too_large_is_refused_before_the_body_is_read(self, api: Api, draft: str) -> None:
+    async def test_too_large_is_refused_before_the_body_is_read(
+        self, api: Api, draft: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         body = multipart(*metric_parts(), model_part(pickle_bytes(size=2 * MiB)))
         chunks_read = 0
 
@@ -203,23 +197,20 @@ class TestDeclaredLength:
                 chunks_read += 1
                 yield body[start : start + 64 * 1024]
 
-        limits = api.settings.max_upload_bytes, api.settings.max_predictions_bytes
-        api.settings.max_upload_bytes = 1024
-        api.settings.max_predictions_bytes = 1024
-        try:
-            response = await api.client.post(
-                f"/models/{draft}/register",
-                content=stream(),
-                headers=api.auth()
-                | {"Content-Type": CONTENT_TYPE, "Content-Length": str(len(body))},
-            )
-        finally:
-            api.settings.max_upload_bytes, api.settings.max_predictions_bytes = limits
+        monkeypatch.setattr(api.settings, "max_upload_bytes", 1024)
+        monkeypatch.setattr(api.settings, "max_predictions_bytes", 1024)
+        response = await api.client.post(
+            f"/models/{draft}/register",
+            content=stream(),
+            headers=api.auth() | {"Content-Type": CONTENT_TYPE, "Content-Length": str(len(body))},
+        )
         problem = await assert_refused(api, response, draft, status=413, code="payload_too_large")
         assert problem["limit_bytes"] == 1024
         assert chunks_read == 0
 
-    async def test_undeclared_length_is_cut_off_while_streaming(self, api: Api, draft: str) -> None:
+    async def test_undeclared_length_is_cut_off_while_streaming(
+        self, api: Api, draft: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         body = multipart(*metric_parts(), model_part(pickle_bytes(size=2 * MiB)))
         chunk = 64 * 1024
         total = -(-len(body) // chunk)
@@ -231,17 +222,13 @@ class TestDeclaredLength:
                 chunks_read += 1
                 yield body[start : start + chunk]
 
-        limit = api.settings.max_upload_bytes
-        api.settings.max_upload_bytes = 128 * 1024
-        try:
-            # No Content-Length: the body comes chunked, and only the running count can stop it.
-            response = await api.client.post(
-                f"/models/{draft}/register",
-                content=stream(),
-                headers=api.auth() | {"Content-Type": CONTENT_TYPE},
-            )
-        finally:
-            api.settings.max_upload_bytes = limit
+        monkeypatch.setattr(api.settings, "max_upload_bytes", 128 * 1024)
+        # No Content-Length: the body comes chunked, and only the running count can stop it.
+        response = await api.client.post(
+            f"/models/{draft}/register",
+            content=stream(),
+            headers=api.auth() | {"Content-Type": CONTENT_TYPE},
+        )
         await assert_refused(api, response, draft, status=413, code="payload_too_large")
         assert 0 < chunks_read < total
 
@@ -315,15 +302,13 @@ class TestNoLeftovers:
         assert [p.name for p in during] == ["model.pkl"]
         assert list(api.settings.upload_dir.iterdir()) == []
 
-    async def test_after_an_upload_cut_off_by_the_size_limit(self, api: Api, draft: str) -> None:
-        limit = api.settings.max_upload_bytes
-        api.settings.max_upload_bytes = 64 * 1024
-        try:
-            response = await register(
-                api.client, api.auth(), token_id=draft, model=pickle_bytes(size=256 * 1024)
-            )
-        finally:
-            api.settings.max_upload_bytes = limit
+    async def test_after_an_upload_cut_off_by_the_size_limit(
+        self, api: Api, draft: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(api.settings, "max_upload_bytes", 64 * 1024)
+        response = await register(
+            api.client, api.auth(), token_id=draft, model=pickle_bytes(size=256 * 1024)
+        )
         await assert_refused(api, response, draft, status=413, code="payload_too_large")
         assert list(api.settings.upload_dir.iterdir()) == []
 
@@ -340,7 +325,7 @@ class TestLargeUpload:
         assert artifact["sha256"] == sha256(model)
         assert artifact["filename"] == "model.pkl"
         assert list(api.settings.upload_dir.iterdir()) == []
-        [version] = registered_versions(api, f"hokusai-{draft}")
+        [version] = model_versions(api, f"hokusai-{draft}")
         uri = api.settings.resolved_tracking_uri
         local = MlflowClient(tracking_uri=uri).download_artifacts(version.run_id, "model/model.pkl")
         assert sha256(Path(local).read_bytes()) == sha256(model)

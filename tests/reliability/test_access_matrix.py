@@ -15,7 +15,7 @@ import pytest
 
 from app.auth.models import Scope
 from app.main import create_app
-from tests.conftest import Api, make_settings
+from tests.support.service import Api, make_settings
 
 OPEN = None
 

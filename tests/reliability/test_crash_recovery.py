@@ -43,9 +43,9 @@ from app.manage import migrate
 from app.registration import service as registration_service
 from app.registration.recovery import recover_stale
 from app.registration.service import RegistrationServices
-from tests.conftest import Api
 from tests.factories import create_token, pickle_bytes, register
 from tests.mlflow_server import free_port
+from tests.support.service import Api
 
 BIN = Path(sys.executable).parent
 LEASE_SECONDS = 2

@@ -36,7 +36,7 @@ from app.auth.service import create_api_key
 from app.db import Database
 from app.main import create_app
 from app.manage import migrate
-from tests.conftest import make_settings
+from tests.support.service import make_settings
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,7 +11,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.config import MiB
 from app.middleware import RequestLimitsMiddleware
-from tests.conftest import Api
+from tests.support.service import Api
 
 PROBLEM = "application/problem+json"
 

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Api
 from tests.factories import (
     MLMODEL_WITH_SIGNATURE,
     create_token,
@@ -27,7 +26,8 @@ from tests.factories import (
     pickle_bytes,
     register,
 )
-from tests.registration.test_api import mlflow_client, versions_for
+from tests.support.mlflow import mlflow_client, model_versions
+from tests.support.service import Api
 
 PROBLEM = "application/problem+json"
 TRIED: dict[str, list[str]] = {}
@@ -101,7 +101,7 @@ class Target:
     def check(self) -> None:
         """Fail with every case that went wrong; then MLflow must hold nothing new."""
         assert self.failures == [], "\n".join(self.failures)
-        assert versions_for(self.api, f"hokusai-{self.token_id}") == []
+        assert model_versions(self.api, f"hokusai-{self.token_id}") == []
         assert registered_models(self.api) == self.models_before
 
 
@@ -334,7 +334,7 @@ class TestHostileNamesAndTags:
         for name in names:
             response = await send(target, fields={"model_name": name})
             await target.refused(f"model_name={name[:30]!r}", response, VALIDATION)
-            assert versions_for(target.api, name) == []
+            assert model_versions(target.api, name) == []
         target.check()
 
     async def test_tags(self, target: Target) -> None:
@@ -395,29 +395,21 @@ class TestHostileFileNames:
 
 
 class TestHostileArchives:
-    async def test_zip_bomb_of_zeros_over_the_unpacked_limit(self, target: Target) -> None:
-        settings = target.api.settings
-        original = settings.max_unpacked_bytes
-        settings.max_unpacked_bytes = 50 * 1024 * 1024
-        try:
-            bomb = zeros_zip(200 * 1024 * 1024)
-            assert len(bomb) < 1024 * 1024
-            response = await send(target, model=bomb, filename="model.zip")
-        finally:
-            settings.max_unpacked_bytes = original
+    async def test_zip_bomb_of_zeros_over_the_unpacked_limit(
+        self, target: Target, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(target.api.settings, "max_unpacked_bytes", 50 * 1024 * 1024)
+        bomb = zeros_zip(200 * 1024 * 1024)
+        assert len(bomb) < 1024 * 1024
+        response = await send(target, model=bomb, filename="model.zip")
         await target.refused("zip of 200 MB of zeros", response, TOO_LARGE)
         target.check()
 
-    async def test_zip_whose_headers_understate_the_size(self, target: Target) -> None:
-        settings = target.api.settings
-        original = settings.max_unpacked_bytes
-        settings.max_unpacked_bytes = 1024 * 1024
-        try:
-            response = await send(
-                target, model=lying_zip(20 * 1024 * 1024, 1000), filename="model.zip"
-            )
-        finally:
-            settings.max_unpacked_bytes = original
+    async def test_zip_whose_headers_understate_the_size(
+        self, target: Target, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(target.api.settings, "max_unpacked_bytes", 1024 * 1024)
+        response = await send(target, model=lying_zip(20 * 1024 * 1024, 1000), filename="model.zip")
         await target.refused(
             "zip declaring 1000 bytes, inflating to 20 MB", response, TOO_LARGE | MODEL_FILE
         )
@@ -468,17 +460,12 @@ class TestHostileArchives:
             await target.refused(label, response, MODEL_FILE)
         target.check()
 
-    async def test_too_many_files(self, target: Target) -> None:
-        settings = target.api.settings
-        original = settings.max_archive_files
-        settings.max_archive_files = 5
-        try:
-            many_zip = zip_of([(f"data/{i}.txt", b"x") for i in range(20)])
-            many_tar = tar_gz_of([tar_member(f"data/{i}.txt", b"x") for i in range(20)])
-            zipped = await send(target, model=many_zip, filename="model.zip")
-            tarred = await send(target, model=many_tar, filename="model.tar.gz")
-        finally:
-            settings.max_archive_files = original
+    async def test_too_many_files(self, target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(target.api.settings, "max_archive_files", 5)
+        many_zip = zip_of([(f"data/{i}.txt", b"x") for i in range(20)])
+        many_tar = tar_gz_of([tar_member(f"data/{i}.txt", b"x") for i in range(20)])
+        zipped = await send(target, model=many_zip, filename="model.zip")
+        tarred = await send(target, model=many_tar, filename="model.tar.gz")
         await target.refused("zip with 22 entries, limit 5", zipped, TOO_LARGE | MODEL_FILE)
         await target.refused("tar.gz with 22 entries, limit 5", tarred, TOO_LARGE | MODEL_FILE)
         target.check()
@@ -608,4 +595,4 @@ class TestControls:
             }[kind]
             response = await send(target, model=model, filename=filename)
         assert response.status_code == 201, response.text
-        assert len(versions_for(api, f"hokusai-{token_id}")) == 1
+        assert len(model_versions(api, f"hokusai-{token_id}")) == 1

@@ -33,9 +33,9 @@ import pytest
 from mlflow import MlflowClient
 
 from app.manage import migrate
-from tests.conftest import POSTGRES_ADMIN_URL, _postgres_available
 from tests.factories import pickle_bytes, sha256
 from tests.mlflow_server import MlflowServer, free_port
+from tests.support.service import POSTGRES_ADMIN_URL, postgres_available
 from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -51,7 +51,7 @@ METRIC = {"metric": "auroc", "baseline": "0.82", "metric_value": "0.86"}
 
 
 def _require_postgres() -> None:
-    if not _postgres_available():
+    if not postgres_available():
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} under CI")
         pytest.skip("PostgreSQL is not reachable")

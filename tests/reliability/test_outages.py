@@ -6,8 +6,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import POSTGRES_ADMIN_URL, Api
 from tests.factories import create_token, register
+from tests.support.service import POSTGRES_ADMIN_URL, Api
 
 
 def cut_connections(database: str) -> int:

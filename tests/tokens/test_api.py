@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from tests.conftest import Api
 from tests.factories import create_token
+from tests.support.service import Api
 
 
 class TestCreateToken:

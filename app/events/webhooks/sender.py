@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpcore
 import httpx
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
@@ -32,6 +31,7 @@ from app.events.webhooks.ssrf import (
     describe_connect_error,
     host_reason,
 )
+from app.events.webhooks.transport import VettedTransport
 
 USER_AGENT = "hokusai-webhooks/1"
 EXCERPT_CHARS = 500
@@ -128,26 +128,6 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-class _VettedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport, with a connection pool whose every connection is vetted first."""
-
-    def __init__(
-        self, *, backend: VettingBackend, ssl_context: ssl.SSLContext, limits: httpx.Limits
-    ) -> None:
-        super().__init__(verify=ssl_context, trust_env=False, limits=limits)
-        # The pool httpx built is never opened; this one differs only in its network backend.
-        # httpx keeps mapping httpcore's exceptions to its own around the pool's calls.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=backend,
-        )
-
-
 class WebhookSender:
     """Signs and POSTs envelopes over one shared HTTP client, one attempt per call."""
 
@@ -164,7 +144,7 @@ class WebhookSender:
         self.allow_private = allow_private
         self.require_https = require_https
         self.timeout = timeout
-        transport = _VettedTransport(
+        transport = VettedTransport(
             backend=VettingBackend(allow_private=allow_private, resolver=resolver),
             ssl_context=ssl_context or httpx.create_ssl_context(),
             limits=httpx.Limits(
