@@ -30,6 +30,22 @@ async def get_job(session: AsyncSession, registration_id: str) -> EvaluationJob 
     return await session.get(EvaluationJob, registration_id)
 
 
+def _claimable(now: dt.datetime) -> sa.ColumnElement[bool]:
+    return sa.or_(
+        col(EvaluationJob.status) == JobStatus.QUEUED.value,
+        sa.and_(
+            col(EvaluationJob.status) == JobStatus.RUNNING.value,
+            col(EvaluationJob.lease_expires_at) < now,
+        ),
+    )
+
+
+async def any_claimable(session: AsyncSession, *, now: dt.datetime) -> bool:
+    """Whether some job could be claimed (a cheap read before taking any lock)."""
+    statement = select(EvaluationJob.registration_id).where(_claimable(now)).limit(1)
+    return (await session.exec(statement)).first() is not None
+
+
 async def claim_next_job(
     session: AsyncSession, *, owner: str, now: dt.datetime, lease_until: dt.datetime
 ) -> EvaluationJob | None:
@@ -40,15 +56,7 @@ async def claim_next_job(
     """
     statement = (
         select(EvaluationJob)
-        .where(
-            sa.or_(
-                col(EvaluationJob.status) == JobStatus.QUEUED.value,
-                sa.and_(
-                    col(EvaluationJob.status) == JobStatus.RUNNING.value,
-                    col(EvaluationJob.lease_expires_at) < now,
-                ),
-            )
-        )
+        .where(_claimable(now))
         .order_by(col(EvaluationJob.created_at))
         .limit(1)
         .with_for_update(skip_locked=True)

@@ -122,6 +122,10 @@ class Evaluator:
 
     async def claim(self) -> EvaluationJob | None:
         now = utcnow()
+        # An idle evaluator looks every second: a read first, so looking takes no write lock.
+        async with self.database.transaction(read_only=True) as session:
+            if not await repository.any_claimable(session, now=now):
+                return None
         async with self.database.transaction() as session:
             return await repository.claim_next_job(
                 session, owner=self.owner, now=now, lease_until=now + self.lease
