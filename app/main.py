@@ -10,6 +10,7 @@ import structlog
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
+from app.apidocs import router as apidocs_router
 from app.clients.mlflow import MlflowRegistry
 from app.config import Settings, get_settings
 from app.db import Database
@@ -97,6 +98,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs is served by app.apidocs from installed files; FastAPI's pages use a CDN.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         openapi_tags=[
             {"name": "registrations", "description": "Register models and read the attempts."},
             {"name": "tokens", "description": "Tokens and their status."},
@@ -112,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(system_router)
+    app.include_router(apidocs_router)
     # Prometheus scrapes this; it holds counts and timings, no tokens, keys or payloads.
     app.mount("/metrics", make_asgi_app())
     app.include_router(tokens_router)
