@@ -99,7 +99,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
     openapi_url = request.app.openapi_url or "/openapi.json"
     options = {**SWAGGER_UI_OPTIONS, "url": f"{root}{openapi_url}"}
     return HTMLResponse(
-        _page(title=request.app.title, root=root, options=options), headers=_PAGE_HEADERS
+        render_page(title=request.app.title, root=root, options=options), headers=_PAGE_HEADERS
     )
 
 
@@ -112,7 +112,9 @@ async def swagger_ui_asset(name: str) -> FileResponse:
     return FileResponse(asset.path, media_type=asset.media_type, headers=_ASSET_HEADERS)
 
 
-def _page(*, title: str, root: str, options: dict[str, Any]) -> str:
+def render_page(*, title: str, root: str, options: dict[str, Any]) -> str:
+    """The page's HTML: Swagger UI's files under `root`, started with `options`."""
+
     def asset(name: str) -> str:
         return html.escape(f"{root}{ASSETS_PATH}/{name}?v={SWAGGER_UI_VERSION}")
 
