@@ -168,26 +168,27 @@ class TestFirstClickThrough:
         await bearer.get_by_role("button", name="Close").click()
         await expect(dialog).to_be_hidden()
 
-        # POST /tokens: a draft token with a benchmark.
+        # POST /tokens: the example body, with a token id of our own (as the README says).
         create = await _try_it_out(page, CREATE_TOKEN)
-        body = {"token_id": "swagger-ui", "name": "From the docs", "metric": "auroc"}
-        body["baseline"] = 0.82
-        await create.locator("textarea.body-param__text").fill(json.dumps(body))
+        editor = create.locator("textarea.body-param__text")
+        body = json.loads(await editor.input_value())
+        body["token_id"] = "docs-1"
+        await editor.fill(json.dumps(body))
         status, created = await _execute(create)
         assert status == "201", created
         token = json.loads(created)
-        assert token["token_id"] == "SWAGGER-UI" and token["status"] == "draft"
-        assert token["baseline"] == 0.82
+        assert token["token_id"] == "DOCS-1" and token["status"] == "draft"
+        assert token["metric"] == body["metric"] and token["baseline"] == body["baseline"]
 
-        # POST /models/{token_id}/register: the form, with a model file picked in its file field.
+        # POST /models/{token_id}/register: the prefilled form, and a model file picked in it.
         model = tmp_path / "classifier.pkl"
         model.write_bytes(pickle_bytes(size=4096))
         register = await _try_it_out(page, REGISTER)
-        await register.locator("tr[data-param-name='token_id'] input").fill("swagger-ui")
+        await register.locator("tr[data-param-name='token_id'] input").fill("docs-1")
         form = register.locator(".opblock-section-request-body")
-        await _form_field(form, "metric").fill("auroc")
-        await _form_field(form, "baseline").fill("0.82")
-        await _form_field(form, "metric_value").fill("0.87")
+        await expect(_form_field(form, "metric")).to_have_value(token["metric"])
+        await expect(_form_field(form, "baseline")).to_have_value(str(token["baseline"]))
+        score = float(await _form_field(form, "metric_value").input_value())
         picker = form.locator("tr[data-property-name='model_file'] input[type=file]")
         await expect(picker).to_have_count(1)
         await picker.set_input_files(model)
@@ -195,9 +196,9 @@ class TestFirstClickThrough:
         assert status == "201", registered
         registration = json.loads(registered)
         assert registration["status"] == "registered"
-        assert registration["token_id"] == "SWAGGER-UI"
-        assert registration["model_name"] == "hokusai-SWAGGER-UI"
-        assert registration["metric"]["value"] == 0.87 and registration["metric"]["passed"]
+        assert registration["token_id"] == "DOCS-1"
+        assert registration["model_name"] == "hokusai-DOCS-1"
+        assert registration["metric"]["value"] == score and registration["metric"]["passed"]
         assert registration["artifact"]["filename"] == "classifier.pkl"
         assert registration["artifact"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
         headers = register.locator(".live-responses-table .headerline")
@@ -210,24 +211,28 @@ class TestFirstClickThrough:
 
         # The service agrees: the token is registered, with the model version in MLflow.
         with service.client() as client:
-            stored = client.get("/tokens/SWAGGER-UI").json()
+            stored = client.get("/tokens/DOCS-1").json()
         assert stored["status"] == "registered"
         assert stored["model_version"] == registration["model_version"]
-        assert service.mlflow_versions("hokusai-SWAGGER-UI") == [registration["model_version"]]
+        assert service.mlflow_versions("hokusai-DOCS-1") == [registration["model_version"]]
 
         # Every API call the page made carried the key typed into "Authorize".
-        api_calls = [(u, a) for u, a in traffic.authorization if "/docs" not in u]
-        sent = {urlsplit(u).path: a for u, a in api_calls if urlsplit(u).path != "/openapi.json"}
+        paths = [(urlsplit(url).path, header) for url, header in traffic.authorization]
+        sent = {
+            path: header
+            for path, header in paths
+            if not path.startswith("/docs/") and path not in ("/docs", "/openapi.json")
+        }
         assert sent == {
             "/tokens": f"Bearer {service.key}",
-            "/models/swagger-ui/register": f"Bearer {service.key}",
+            "/models/docs-1/register": f"Bearer {service.key}",
         }
 
         # A reload keeps the key: a call made after it is authorized without typing it again.
         await page.reload()
         await expect(page.locator("button.authorize.locked").first).to_be_visible()
         read = await _try_it_out(page, GET_TOKEN)
-        await read.locator("tr[data-param-name='token_id'] input").fill("SWAGGER-UI")
+        await read.locator("tr[data-param-name='token_id'] input").fill("DOCS-1")
         status, shown = await _execute(read)
         assert status == "200", shown
         assert json.loads(shown)["status"] == "registered"
