@@ -2,11 +2,11 @@
 
 Every request the page makes is recorded, and any that is not for the service is refused, as it
 would be on a firewalled network: the page must work with what the service itself serves, under
-its Content-Security-Policy. The test then goes through the first click-through the README
-describes: "Authorize" with the API key, "Try it out" on `POST /tokens`, "Try it out" on the
-multipart `POST /models/{token_id}/register` with a real file picked in the form, and a reload
-that keeps the key. A screenshot of the page is saved in the test's temporary folder, whether
-the test passes or fails; its path is printed (pytest shows it with a failure).
+its Content-Security-Policy. The test then goes through the first click-through that
+docs/api-reference.md describes: "Authorize" with the API key, "Try it out" on `POST /tokens`,
+"Try it out" on the multipart `POST /models/{token_id}/register` with a real file picked in the
+form, and a reload that keeps the key. Screenshots of the page are saved in the test's temporary
+folder, whether the test passes or fails, and listed in the run's summary.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class TestFirstClickThrough:
         await bearer.get_by_role("button", name="Close").click()
         await expect(dialog).to_be_hidden()
 
-        # POST /tokens: the example body, with a token id of our own (as the README says).
+        # POST /tokens: the example body with a token id of our own, as docs/api-reference.md says.
         create = await _try_it_out(page, CREATE_TOKEN)
         editor = create.locator("textarea.body-param__text")
         body = json.loads(await editor.input_value())
