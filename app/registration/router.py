@@ -46,9 +46,11 @@ def _metric_names() -> str:
 
 
 # Properties in the order a client should send them: the model comes last, so a wrong metric is
-# refused before the upload is received. Swagger UI sends the form in this order too, prefills
-# each field from `examples` (an empty string is left out of the request), and shows a file
-# picker for `format: binary`.
+# refused before the upload is received. Swagger UI prefills each field from `examples`, shows a
+# file picker for `format: binary`, and sends the optional fields left empty as empty values
+# (its "Send empty value" is on by default): the service takes an empty field, and an empty
+# file field, as not sent. No multipart `encoding` is given: with one, Swagger UI sends an empty
+# file field as an empty file of that type.
 _FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["model_file", "metric", "baseline"],
@@ -116,10 +118,6 @@ _REGISTER_REQUEST_BODY: dict[str, Any] = {
     "content": {
         "multipart/form-data": {
             "schema": _FORM_SCHEMA,
-            "encoding": {
-                "model_file": {"contentType": "application/octet-stream"},
-                "predictions": {"contentType": "text/csv"},
-            },
         }
     },
 }

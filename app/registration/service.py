@@ -423,7 +423,7 @@ def _early_metric_check(token: Token, fields: Mapping[str, str], attempt: Attemp
     """When the metric fields precede the model file, refuse bad ones before the upload."""
     if "metric" in fields and "baseline" in fields:
         spec, _ = _resolve_fields(token, fields, attempt)
-        if "metric_value" in fields:
+        if fields.get("metric_value"):
             value = parse_number(
                 fields["metric_value"], field="metric_value", error=InvalidMetricValue
             )

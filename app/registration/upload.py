@@ -101,7 +101,8 @@ class _FieldTarget(BaseTarget):
 
 
 class _FileTarget(BaseTarget):
-    """Writes a file part to `directory/<its filename>`, hashing and capping it on the way."""
+    """Writes a file part to `directory/<stored_as>` (else its file name, which `on_start` must
+    have checked), hashing and capping it on the way."""
 
     def __init__(
         self,
@@ -110,9 +111,11 @@ class _FileTarget(BaseTarget):
         limit: int,
         too_large: Callable[[int], AppError],
         on_start: Callable[[str], None],
+        stored_as: str | None = None,
     ) -> None:
         super().__init__()
         self._directory = directory
+        self._stored_as = stored_as
         self._limit = limit
         self._too_large = too_large
         self._on_start = on_start
@@ -130,7 +133,7 @@ class _FileTarget(BaseTarget):
         self.filename = (self.multipart_filename or "").strip()
         self._on_start(self.filename)
         self._directory.mkdir(parents=True, exist_ok=True)
-        self.path = self._directory / self.filename
+        self.path = self._directory / (self._stored_as or self.filename)
         self._file = self.path.open("wb", buffering=_WRITE_BUFFER)
 
     def on_data_received(self, chunk: bytes) -> None:
@@ -203,7 +206,9 @@ async def receive_form(
         before_model(fields)
 
     def predictions_started(filename: str) -> None:
-        if not filename.lower().endswith(".csv"):
+        # A part without a file name is what a form sends for a file field left empty (an HTML
+        # form, Swagger UI's "Try it out"); it is judged by its size when it ends.
+        if filename and not filename.lower().endswith(".csv"):
             raise InvalidPredictions("predictions must be a .csv file")
 
     model = _FileTarget(
@@ -217,6 +222,8 @@ async def receive_form(
         limit=max_predictions_bytes,
         too_large=_predictions_too_large,
         on_start=predictions_started,
+        # The client's file name is only checked for its extension: it never becomes a path.
+        stored_as="predictions.csv",
     )
     try:
         parser = StreamingFormDataParser(headers=request.headers)
@@ -251,5 +258,16 @@ async def receive_form(
     return RegistrationForm(
         fields=fields,
         model=model.received(),
-        predictions=predictions.received() if predictions.done else None,
+        predictions=_sent_predictions(predictions),
     )
+
+
+def _sent_predictions(target: _FileTarget) -> ReceivedFile | None:
+    """The predictions file, or None when none was sent (no part, or an empty file field)."""
+    if not target.done:
+        return None
+    if not target.filename:
+        if target.size == 0:
+            return None
+        raise InvalidPredictions("predictions must be a .csv file")
+    return target.received()
