@@ -95,7 +95,9 @@ _CHUNK = 1024 * 1024
 _MAX_NAME_BYTES = 255  # one path component, as most filesystems allow
 _MAX_PATH_BYTES = 4096
 _MAX_MLMODEL_BYTES = 1024 * 1024
-_MAX_SAFETENSORS_HEADER = 100_000_000
+# The format allows 100 MB, but parsing JSON holds the GIL: 8 MiB parses in well under a second
+# (a real checkpoint's header is a few hundred KiB) and costs at most ~150 MiB while it lasts.
+_MAX_SAFETENSORS_HEADER = 8 * 1024 * 1024
 # pax and GNU long-name headers are read into memory whole by tarfile; nothing legitimate is big.
 _MAX_TAR_READ = 2 * _CHUNK
 # Only scanned to find one name in a torch or keras zip; a real checkpoint has far fewer.

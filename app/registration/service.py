@@ -47,6 +47,7 @@ from app.errors import (
     MlflowFailed,
     MlflowUnavailable,
     ModelNameTaken,
+    PayloadTooLarge,
     RegistrationInProgress,
     RegistrationNotFound,
     StoredProblem,
@@ -489,7 +490,8 @@ async def _check_upload(
                 f"the upload's sha256 is {model.sha256}, not {expected.lower()}",
                 extra={"expected_sha256": expected.lower(), "actual_sha256": model.sha256},
             )
-    check_content(fmt, model.head, model.path, model.size)
+    # Off the event loop: a format check may read and parse a header of megabytes.
+    await anyio.to_thread.run_sync(check_content, fmt, model.head, model.path, model.size)
     if fmt not in ARCHIVE_FORMATS:
         return None
     settings = services.settings
@@ -501,6 +503,13 @@ async def _check_upload(
             max_unpacked_bytes=settings.unpacked_limit,
             max_files=settings.max_archive_files,
         )
+        free = shutil.disk_usage(workdir).free
+        if info.unpacked_bytes > free:
+            raise PayloadTooLarge(
+                f"the archive unpacks to {info.unpacked_bytes} bytes; the service has "
+                f"{free} bytes of disk free for it",
+                extra={"unpacked_bytes": info.unpacked_bytes},
+            )
         unpacked = workdir / "unpacked"
         unpacked.mkdir()
         root = extract_archive(
