@@ -118,11 +118,11 @@ class Settings(BaseSettings):
         "is set, else per process)",
     )
     auth_failure_window_seconds: float = Field(default=60.0, gt=0)
-    forwarded_allow_ips: str = Field(
-        default="",
+    forwarded_allow_ips: str | None = Field(
+        default=None,
         description="comma-separated addresses or networks of reverse proxies whose "
         "X-Forwarded-For and X-Forwarded-Proto `serve` trusts (uvicorn's forwarded_allow_ips); "
-        "empty: trust none, so the client address is the connection's peer",
+        "unset: trust none, so the client address is the connection's peer",
     )
 
     redis_url: str | None = None
@@ -187,7 +187,9 @@ class Settings(BaseSettings):
     def _blank_secret_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("database_url", "mlflow_tracking_uri", "redis_url", "webhook_url")
+    @field_validator(
+        "database_url", "mlflow_tracking_uri", "redis_url", "webhook_url", "forwarded_allow_ips"
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None

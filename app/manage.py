@@ -55,8 +55,8 @@ def _serve(args: argparse.Namespace) -> None:
         log_config=None,
         # Only proxies the operator names may set the client address; uvicorn would otherwise
         # trust X-Forwarded-For from 127.0.0.1 (or $FORWARDED_ALLOW_IPS) by default.
-        proxy_headers=bool(settings.forwarded_allow_ips.strip()),
-        forwarded_allow_ips=settings.forwarded_allow_ips.strip() or None,
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 

@@ -521,4 +521,4 @@ class TestDefaultCaps:
         assert Settings(_env_file=None, max_unpacked_bytes=10 * GiB).unpacked_limit == 10 * GiB  # type: ignore[call-arg]
 
     def test_no_proxy_is_trusted_by_default(self) -> None:
-        assert Settings(_env_file=None).forwarded_allow_ips == ""  # type: ignore[call-arg]
+        assert Settings(_env_file=None).forwarded_allow_ips is None  # type: ignore[call-arg]
