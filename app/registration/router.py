@@ -186,7 +186,9 @@ async def register_model(
         Header(
             alias="Idempotency-Key",
             max_length=255,
-            description="Optional. The same key with the same request replays the first "
+            # Printable ASCII only: the key is stored, compared and shown back.
+            pattern=r"^[\x20-\x7e]+$",
+            description="Optional, printable ASCII. The same key with the same request replays the first "
             "outcome; with a different request it is a 422 `idempotency_key_reused`; while "
             "the first is still running, a 409 `registration_in_progress`.",
         ),

@@ -335,7 +335,7 @@ async def receive_form(
 
     def on_part(part: PartHeaders) -> PartSink:
         name = part.name
-        if len(name) > MAX_PART_NAME_CHARS or not name.isprintable():
+        if not name or len(name) > MAX_PART_NAME_CHARS or not name.isprintable():
             raise MultipartError(f"the part name {_shown(name[:MAX_PART_NAME_CHARS])} is not valid")
         if name == MODEL_FIELD:
             return model.start(part.filename or "")
