@@ -209,9 +209,26 @@ class MultipartParser:
         if self._state == "epilogue":
             self._epilogue(len(data))
             return
+        if self._state == "body" and self._passes_through(data):
+            return
         self._buffer += data
         while self._step():
             pass
+
+    def _passes_through(self, data: bytes) -> bool:
+        """The common case of a large upload: no boundary in `data`, so it goes to the sink
+        without being copied into the buffer (which holds at most a boundary's length here)."""
+        assert self._sink is not None
+        keep = len(self._delimiter) - 1
+        if len(data) <= keep:
+            return False
+        if self._delimiter in bytes(self._buffer) + data[:keep] or self._delimiter in data:
+            return False
+        if self._buffer:
+            self._sink.write(bytes(self._buffer))
+        self._sink.write(data[:-keep])
+        self._buffer = bytearray(data[-keep:])
+        return True
 
     def close(self) -> None:
         """The body ended: it must have ended at the closing boundary."""

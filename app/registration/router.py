@@ -188,9 +188,10 @@ async def register_model(
             max_length=255,
             # Printable ASCII only: the key is stored, compared and shown back.
             pattern=r"^[\x20-\x7e]+$",
-            description="Optional, printable ASCII. The same key with the same request replays the first "
-            "outcome; with a different request it is a 422 `idempotency_key_reused`; while "
-            "the first is still running, a 409 `registration_in_progress`.",
+            description="Optional, printable ASCII. The same key with the same request "
+            "replays the first outcome; with a different request it is a 422 "
+            "`idempotency_key_reused`; while the first is still running, a 409 "
+            "`registration_in_progress`.",
         ),
     ] = None,
 ) -> RegistrationPublic:

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,21 +95,9 @@ def _env(data_dir: Path, database_url: str | None) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    backend: str = request.param
-    data_dir = tmp_path_factory.mktemp(f"secproc-{backend}")
-    database_url = None
-    name = f"hokusai_sec_{uuid.uuid4().hex[:10]}"
-    if backend == "postgres":
-        if not _postgres_available():
-            pytest.skip("PostgreSQL is not reachable")
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database_url = f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    env = _env(data_dir, database_url)
+@contextmanager
+def running_server(data_dir: Path, database_url: str | None, **settings: str) -> Iterator[Server]:
+    env = _env(data_dir, database_url) | settings
     subprocess.run([BIN / "hokusai-registry", "migrate"], env=env, check=True)
     created = subprocess.run(
         [BIN / "hokusai-registry", "create-api-key", "--name", "t", "--scopes", "admin"],
@@ -148,9 +137,29 @@ def server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-        if database_url is not None:
-            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    backend: str = request.param
+    data_dir = tmp_path_factory.mktemp(f"secproc-{backend}")
+    if backend == "sqlite":
+        with running_server(data_dir, None) as server:
+            yield server
+        return
+    if not _postgres_available():
+        pytest.skip("PostgreSQL is not reachable")
+    name = f"hokusai_sec_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with running_server(data_dir, f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}") as server:
+            yield server
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class HealthProbe:
@@ -410,3 +419,18 @@ class TestClientAddress:
                 )
                 codes.append(response.status_code)
         assert codes == [401] * AUTH_LIMIT + [429] * 3
+
+    def test_a_proxy_named_in_the_setting_is_believed(self, tmp_path: Path) -> None:
+        # Behind a trusted proxy each client is counted under the address the proxy reports.
+        with (
+            running_server(tmp_path, None, HOKUSAI_FORWARDED_ALLOW_IPS="127.0.0.1") as proxied,
+            httpx.Client() as client,
+        ):
+            codes = [
+                client.get(
+                    f"{proxied.url}/tokens",
+                    headers={"Authorization": "Bearer hok_x_y", "X-Forwarded-For": forwarded},
+                ).status_code
+                for forwarded in ["203.0.113.1"] * (AUTH_LIMIT + 1) + ["203.0.113.2"]
+            ]
+        assert codes == [401] * AUTH_LIMIT + [429, 401]
