@@ -20,6 +20,7 @@ from app.errors import (
     MetricBelowBaseline,
     MlflowFailed,
     MlflowUnavailable,
+    ModelNameTaken,
     PayloadTooLarge,
     RegistrationInProgress,
     RegistrationNotFound,
@@ -27,6 +28,7 @@ from app.errors import (
     TokenNotRegistrable,
     UnsupportedMediaType,
     UnsupportedMetric,
+    UploadTimedOut,
     ValidationFailed,
 )
 from app.metrics.registry import METRICS
@@ -163,6 +165,12 @@ TokenIdPath = Annotated[
             InvalidPredictions,
             ChecksumMismatch,
             IdempotencyKeyReused,
+            (
+                ModelNameTaken,
+                "the model hokusai-OTHER belongs to another token; choose another model_name",
+                {"model_name": "hokusai-OTHER"},
+            ),
+            (UploadTimedOut, "no data arrived for 30 s", {"idle_timeout_seconds": 30}),
             (
                 ValidationFailed,
                 "send exactly one of 'metric_value' (the score) and 'predictions' (a CSV the "
