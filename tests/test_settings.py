@@ -96,7 +96,8 @@ class TestDefaults:
         current = settings()
         assert current.max_upload_bytes == 2 * GiB
         assert current.max_unpacked_bytes is None
-        assert current.unpacked_limit == 8 * GiB
+        # 4 x MAX_UPLOAD_BYTES, but at most 4 GiB unless set.
+        assert current.unpacked_limit == 4 * GiB
         assert current.max_archive_files == 10_000
         assert current.registration_lease_seconds == 900
 
