@@ -584,14 +584,15 @@ async def _check_model_name(services: RegistrationServices, attempt: Attempt) ->
         )
     async with services.database.transaction(read_only=True) as session:
         holders = await tokens.holding_model_name(session, name)
-    try:
-        owners = await anyio.to_thread.run_sync(
-            services.mlflow.model_owners, name, limiter=services.mlflow_limiter
-        )
-    except (MlflowError, MlflowUnavailable) as e:
-        # The MLflow step checks again before it creates a version; an outage shows there.
-        log.warning("model_name_check_deferred", error=str(e)[:200])
-        owners = frozenset()
+    owners: frozenset[str] = frozenset()
+    if _is_custom(attempt):
+        try:
+            owners = await anyio.to_thread.run_sync(
+                services.mlflow.model_owners, name, limiter=services.mlflow_limiter
+            )
+        except (MlflowError, MlflowUnavailable) as e:
+            # The MLflow step checks again before it creates a version; an outage shows there.
+            log.warning("model_name_check_deferred", error=str(e)[:200])
     if set(holders) - {token_id} or _foreign_owners(owners, token_id):
         raise ModelNameTaken(
             f"the model {name} belongs to another token; choose another model_name",
@@ -599,9 +600,17 @@ async def _check_model_name(services: RegistrationServices, attempt: Attempt) ->
         )
 
 
-def _require_model_name_free(mlflow: MlflowRegistry, attempt: Attempt) -> None:
-    """The MLflow step's own check of the model name (worker thread)."""
+def _is_custom(attempt: Attempt) -> bool:
+    """A name other than the token's default: the default is reserved to it, no one else's."""
     assert attempt.model_name is not None
+    return attempt.model_name.lower() != f"{DEFAULT_MODEL_PREFIX}{attempt.token_id}".lower()
+
+
+def _require_model_name_free(mlflow: MlflowRegistry, attempt: Attempt) -> None:
+    """The MLflow step's own check of a custom model name (worker thread)."""
+    assert attempt.model_name is not None
+    if not _is_custom(attempt):
+        return
     if _foreign_owners(mlflow.model_owners(attempt.model_name), attempt.token_id):
         raise ModelNameTaken(
             f"the model {attempt.model_name} belongs to another token; choose another model_name",
