@@ -20,6 +20,7 @@ from app.errors import (
     MetricBelowBaseline,
     MlflowFailed,
     MlflowUnavailable,
+    ModelNameTaken,
     PayloadTooLarge,
     RegistrationInProgress,
     RegistrationNotFound,
@@ -27,6 +28,7 @@ from app.errors import (
     TokenNotRegistrable,
     UnsupportedMediaType,
     UnsupportedMetric,
+    UploadTimedOut,
     ValidationFailed,
 )
 from app.metrics.registry import METRICS
@@ -165,6 +167,12 @@ TokenIdPath = Annotated[
             ChecksumMismatch,
             IdempotencyKeyReused,
             (
+                ModelNameTaken,
+                "the model hokusai-OTHER belongs to another token; choose another model_name",
+                {"model_name": "hokusai-OTHER"},
+            ),
+            (UploadTimedOut, "no data arrived for 30 s", {"idle_timeout_seconds": 30}),
+            (
                 ValidationFailed,
                 "send exactly one of 'metric_value' (the score) and 'predictions' (a CSV the "
                 "service scores)",
@@ -187,9 +195,12 @@ async def register_model(
         Header(
             alias="Idempotency-Key",
             max_length=255,
-            description="Optional. The same key with the same request replays the first "
-            "outcome; with a different request it is a 422 `idempotency_key_reused`; while "
-            "the first is still running, a 409 `registration_in_progress`.",
+            # Printable ASCII only: the key is stored, compared and shown back.
+            pattern=r"^[\x20-\x7e]+$",
+            description="Optional, printable ASCII. The same key with the same request "
+            "replays the first outcome; with a different request it is a 422 "
+            "`idempotency_key_reused`; while the first is still running, a 409 "
+            "`registration_in_progress`.",
         ),
     ] = None,
 ) -> RegistrationPublic:
