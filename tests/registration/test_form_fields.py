@@ -133,6 +133,6 @@ class TestPredictionsFileName:
             part("predictions", PREDICTIONS, filename=f"../../../{escaped.name}", media="text/csv"),
             model_part(),
         )
-        assert response.status_code == 201, response.text
-        assert response.json()["metric"]["value"] == 1.0
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "invalid_predictions"
         assert not escaped.exists()
