@@ -50,7 +50,13 @@ POLL_FIRST = 0.5
 POLL_MAX = 5.0
 DEFAULT_WAIT_SECONDS = 3600.0
 # A registration's optional fields that the Hokusai SDK also sends (strings of at most 255).
-SDK_FIELDS = ("proposal_identifier", "eval_spec", "scorer_ref", "primary_metric", "benchmark_spec_id")
+SDK_FIELDS = (
+    "proposal_identifier",
+    "eval_spec",
+    "scorer_ref",
+    "primary_metric",
+    "benchmark_spec_id",
+)
 
 
 class UploadProgress(Protocol):
@@ -62,7 +68,7 @@ class UploadProgress(Protocol):
 
 
 class WaitTimedOut(HokusaiError):
-    """A registration was still evaluating when the wait ran out; `registration` is its last JSON."""
+    """A registration still evaluating when the wait ran out; `registration` is its last JSON."""
 
     def __init__(self, message: str, registration: ServiceJSON) -> None:
         super().__init__(message)
@@ -181,7 +187,9 @@ class HokusaiClient:
         params = {"status": status, "limit": limit, "cursor": cursor}
         return self._json("GET", "/tokens", params=params)
 
-    def iter_tokens(self, *, status: str | None = None, limit: int | None = None) -> Iterator[ServiceJSON]:
+    def iter_tokens(
+        self, *, status: str | None = None, limit: int | None = None
+    ) -> Iterator[ServiceJSON]:
         """Every token, following `next_cursor` page by page."""
         cursor = None
         while True:

@@ -1,4 +1,4 @@
-"""Where the service is and which key to use, from arguments, the environment or the dev key file."""
+"""Where the service is and which key to use: arguments, the environment, the dev key file."""
 
 from __future__ import annotations
 

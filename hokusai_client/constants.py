@@ -1,8 +1,8 @@
 """What the client shares with the service: metrics, statuses, scopes, error codes.
 
 Plain data, importable without httpx or anything of the server. `tests/cli/test_constants.py`
-compares every table here with the service's own definitions and its OpenAPI document, so a change on
-one side that the other does not follow fails a test.
+compares every table here with the service's own definitions and its OpenAPI document, so a
+change on one side that the other does not follow fails a test.
 """
 
 from __future__ import annotations

@@ -72,7 +72,11 @@ class ApiError(HokusaiError):
             if self.text and len(self.text) < 300:
                 line += f": {self.text.strip()}"
             return line
-        line = f"{self.title}: {self.detail} ({self.code})" if self.detail else f"{self.title} ({self.code})"
+        line = (
+            f"{self.title}: {self.detail} ({self.code})"
+            if self.detail
+            else f"{self.title} ({self.code})"
+        )
         if self.status >= 500 and self.request_id:
             line += f" [request_id {self.request_id}]"
         return line

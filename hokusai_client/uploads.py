@@ -39,8 +39,9 @@ class HashingReader:
     httpx asks a file for 64 KiB at a time; this reader hands it `read_bytes` (1 MiB) instead, which
     httpx passes on unchanged: fewer, larger reads and socket writes. httpx learns the length from
     `fileno()` (for Content-Length) and rewinds with `seek(0)` before each attempt, which starts
-    the hash and the count again and asks `on_pass(n)` for the progress callback of pass n. A file that grows or shrinks meanwhile raises `FileChanged`
-    rather than sending a body whose length disagrees with its header.
+    the hash and the count again and asks `on_pass(n)` for the progress callback of pass n. A file
+    that grows or shrinks meanwhile raises `FileChanged` rather than sending a body whose length
+    disagrees with its header.
     """
 
     def __init__(

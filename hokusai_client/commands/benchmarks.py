@@ -35,8 +35,10 @@ def benchmark_upload(
     ],
     label_column: Annotated[
         str | None,
-        typer.Option(help="The column holding the labels (the service's default: y_true).",
-                     show_default=False),
+        typer.Option(
+            help="The column holding the labels (the service's default: y_true).",
+            show_default=False,
+        ),
     ] = None,
     progress: Annotated[
         bool | None,
@@ -66,7 +68,8 @@ def benchmark_upload(
         output.write_stdout(benchmark.text)
         return
     output.print_benchmark(
-        benchmark, f"Sealed benchmark version {benchmark.get('version')} of {benchmark.get('token_id')}"
+        benchmark,
+        f"Sealed benchmark version {benchmark.get('version')} of {benchmark.get('token_id')}",
     )
 
 

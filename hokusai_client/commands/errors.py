@@ -148,7 +148,11 @@ def cli_error(
 ) -> CliError:
     """The CliError for anything the client raised."""
     if isinstance(error, ApiError):
-        hint = _unauthorized_hint(key_source) if error.code == "unauthorized" else HINTS.get(error.code)
+        hint = (
+            _unauthorized_hint(key_source)
+            if error.code == "unauthorized"
+            else HINTS.get(error.code)
+        )
         if hint:
             hint = hint.replace("{token_id}", token_id or "TOKEN_ID").replace("{api_url}", api_url)
         return CliError(

@@ -42,7 +42,9 @@ def events_list(
       hokusai events list --after 120 --limit 50 --json
     """
     with make_client(ctx) as client:
-        page = client.list_events(after=after, limit=limit, event_type=event_type, token_id=token_id)
+        page = client.list_events(
+            after=after, limit=limit, event_type=event_type, token_id=token_id
+        )
     if json_output:
         output.write_stdout(page.text)
         return
@@ -106,7 +108,9 @@ def events_watch(
             after=after, event_type=event_type, token_id=token_id, timeout=timeout
         ):
             output.write_stdout(
-                json.dumps(event, separators=(",", ":")) if json_output else output.event_line(event)
+                json.dumps(event, separators=(",", ":"))
+                if json_output
+                else output.event_line(event)
             )
             seen += 1
             if count is not None and seen >= count:

@@ -199,8 +199,7 @@ def model_register(
             raise CliError(
                 str(e),
                 exit_code=Exit.TIMEOUT,
-                hint="the evaluation goes on; see `hokusai model status --token-id "
-                f"{token_id}`",
+                hint=f"the evaluation goes on; see `hokusai model status --token-id {token_id}`",
                 body=e.registration.text,
             ) from None
         except KeyboardInterrupt:

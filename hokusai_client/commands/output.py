@@ -82,7 +82,9 @@ STATUS_STYLES = {
 }
 
 
-def table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, status_column: int = -1) -> None:
+def table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], *, status_column: int = -1
+) -> None:
     from rich import box
     from rich.markup import escape
     from rich.table import Table

@@ -12,7 +12,10 @@ from hokusai_client.commands import output
 from hokusai_client.commands.base import JsonOption, command, make_client
 from hokusai_client.commands.errors import usage_error
 
-app = typer.Typer(help="Verify the signed receipts of evaluated registrations.", no_args_is_help=True)
+app = typer.Typer(
+    help="Verify the signed receipts of evaluated registrations.", no_args_is_help=True
+)
+
 
 def _load(path: Path, what: str) -> Any:
     try:
@@ -27,7 +30,9 @@ def receipt_verify(
     ctx: typer.Context,
     registration_id: Annotated[
         str | None,
-        typer.Option(help="Fetch this registration's receipt from the service.", show_default=False),
+        typer.Option(
+            help="Fetch this registration's receipt from the service.", show_default=False
+        ),
     ] = None,
     file: Annotated[
         Path | None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,7 +44,7 @@ def list_tokens(
     wanted = status.value if status else None
     with make_client(ctx) as client:
         if every:
-            tokens = list(client.iter_tokens(status=wanted, limit=limit))
+            tokens: list[dict[str, Any]] = list(client.iter_tokens(status=wanted, limit=limit))
             cursor = None
             if json_output:
                 output.write_stdout(json.dumps({"items": tokens, "next_cursor": None}))

@@ -81,7 +81,8 @@ def create(
       hokusai webhooks create https://example.com/hooks/hokusai
       hokusai webhooks create https://example.com/hook -e model_registered -e model_deployed \\
           --description "site backend"
-      printenv SITE_SECRET | hokusai webhook create https://hokus.ai/api/webhooks/model-registration \\
+      printenv SITE_SECRET | hokusai webhook create \\
+          https://hokus.ai/api/webhooks/model-registration \\
           --format hokusai-site --secret-stdin
     """
     secret = read_secret() if secret_stdin else None

@@ -532,7 +532,10 @@ class TestApiKey:
     def test_never_sends_the_dev_key_off_this_machine(self, tmp_path: Path) -> None:
         (tmp_path / "dev-api-key").write_text("hok_file")
         env = {"HOKUSAI_DATA_DIR": str(tmp_path)}
-        assert config.resolve_api_key(None, None, "https://hokusai.example.com", env) == (None, None)
+        assert config.resolve_api_key(None, None, "https://hokusai.example.com", env) == (
+            None,
+            None,
+        )
 
     def test_sends_the_key_as_a_bearer_token(self, tmp_path: Path) -> None:
         (tmp_path / "dev-api-key").write_text("hok_dev_key\n")
