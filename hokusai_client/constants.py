@@ -101,6 +101,7 @@ SCOPES: Final = (
 # Every `code` a problem+json from the service can carry, with its HTTP status.
 ERROR_CODES: Final = MappingProxyType(
     {
+        "bad_request": 400,
         "unauthorized": 401,
         "forbidden": 403,
         "not_found": 404,

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ParamSpec
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec
 
 import typer
 
@@ -86,9 +86,11 @@ def command(func: Callable[P, None]) -> Callable[P, None]:
             try:
                 func(*args, **kwargs)
             except HokusaiError as e:
-                ctx = next((a for a in args if isinstance(a, typer.Context)), None)
-                ctx = ctx or kwargs.get("ctx")  # type: ignore[assignment]
-                found = settings(ctx) if isinstance(ctx, typer.Context) else None
+                # typer hands over its own Context class (typer vendors click): duck-type it.
+                ctx: Any = kwargs.get("ctx") or next(
+                    (a for a in args if hasattr(a, "find_root")), None
+                )
+                found = settings(ctx) if ctx is not None else None
                 token = kwargs.get("token_id_option") or kwargs.get("token_id")
                 raise cli_error(
                     e,

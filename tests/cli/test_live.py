@@ -30,6 +30,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import cli
+from hokusai_client import uploads
 from tests.cli.conftest import invoke
 from tests.cli.servers import HOKUSAI, LiveService, SlowProxy, cli_env, run_cli, webhook_receiver
 from tests.factories import MLMODEL_WITH_SIGNATURE, pickle_bytes
@@ -156,7 +157,7 @@ class TestTokens:
         assert archived.splitlines()[0] == "Token CLI-TOK is now archived"
         assert "CLI-TOK" not in ok(hokusai(live, "token", "list", "--status", "draft", "--all"))
 
-    def test_conflicts_and_unknown_tokens_exit_4(self, live: LiveService) -> None:
+    def test_conflicts_exit_4_and_unknown_tokens_exit_8(self, live: LiveService) -> None:
         create_token(live, "dup-tok")
         duplicate = hokusai(live, "token", "create", "DUP-TOK")
         assert duplicate.exit_code == 4
@@ -164,7 +165,7 @@ class TestTokens:
         deploy_draft = hokusai(live, "token", "deploy", "DUP-TOK")
         assert deploy_draft.exit_code == 4
         unknown = hokusai(live, "token", "show", "NO-SUCH-TOKEN")
-        assert unknown.exit_code == 4
+        assert unknown.exit_code == 8
         assert errors(unknown.stderr) == [
             "error: Token not found: no token NO-SUCH-TOKEN (token_not_found)"
         ]
@@ -238,8 +239,8 @@ class TestRegister:
         assert registration["status"] == "registered"
         assert registration["artifact"]["filename"] == f"xray-model.{fmt}"
         assert registration["api_schema"] is not None  # the service read MLmodel's signature
-        packed = cli.pack_folder(model_folder, tmp_path, cli.PackFormat(fmt))
-        assert registration["artifact"]["sha256"] == cli.sha256_file(packed)
+        packed = uploads.pack_folder(model_folder, tmp_path, uploads.PackFormat(fmt))
+        assert registration["artifact"]["sha256"] == uploads.sha256_file(packed)
 
     def test_scores_predictions(self, live: LiveService, model_file: Path, tmp_path: Path) -> None:
         create_token(live, "preds")
@@ -277,7 +278,7 @@ class TestRegister:
         unknown = hokusai(
             live, *register_args("ghost", model_file, "--metric-value", "0.9", "--json")
         )
-        assert unknown.exit_code == 4
+        assert unknown.exit_code == 8
         assert json.loads(unknown.stdout)["code"] == "token_not_found"  # --json: the problem
 
 
@@ -552,7 +553,7 @@ class TestWebhooks:
                 ok(hokusai(live, "webhooks", "remove", hook_id)) == f"removed webhook {hook_id}\n"
             )
             gone = hokusai(live, "webhooks", "remove", hook_id)
-            assert gone.exit_code == 4
+            assert gone.exit_code == 8
 
     @staticmethod
     def _wait_delivered(live: LiveService, hook_id: str, *, count: int) -> dict[str, Any]:
