@@ -20,6 +20,7 @@ import signal
 import stat
 import struct
 import subprocess
+import sys
 import termios
 import threading
 import time
@@ -571,3 +572,152 @@ class TestWebhooks:
                 return item
             assert time.monotonic() < deadline, f"no delivered ping: {page}"
             time.sleep(0.2)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class TestPythonClient:
+    def test_the_documented_example_registers_a_model(self, live: LiveService) -> None:
+        env = {**live.env, "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "docs" / "examples" / "python_client.py"), "py-doc"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == "token PY-DOC is draft"
+        assert lines[1] == "registered hokusai-PY-DOC version 1"
+        assert re.fullmatch(r"sha256 [0-9a-f]{64}", lines[2])
+        if "/events" in live.paths:
+            assert re.fullmatch(r"event \d+ model_registered [0-9a-f-]{36}", lines[3])
+
+    def test_one_pass_upload_matches_what_the_service_stored(
+        self, live: LiveService, tmp_path: Path
+    ) -> None:
+        from hokusai_client import HokusaiClient, InvalidRequest
+
+        model = tmp_path / "model.pkl"
+        model.write_bytes(pickle_bytes(size=3 * MiB))
+        with HokusaiClient(live.url, live.key) as client:
+            client.create_token("py-pass")
+            registration = client.register_model(
+                "py-pass", model, metric="auroc", baseline=0.82, metric_value=0.9
+            )
+            assert registration.status_code == 201
+            stored = registration["artifact"]
+            assert stored["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+            assert stored["size_bytes"] == model.stat().st_size
+            assert client.get_registration(registration["registration_id"]) == registration
+            # The same key and the same file: the first outcome again, not a second version.
+            key = "py-pass-key"
+            client.create_token("py-again")
+            first = client.register_model(
+                "py-again",
+                model,
+                metric="auroc",
+                baseline=0.82,
+                metric_value=0.9,
+                idempotency_key=key,
+            )
+            again = client.register_model(
+                "py-again",
+                model,
+                metric="auroc",
+                baseline=0.82,
+                metric_value=0.9,
+                idempotency_key=key,
+            )
+            assert again["registration_id"] == first["registration_id"]
+            # A changed request under the same key is refused.
+            with pytest.raises(InvalidRequest) as refused:
+                client.register_model(
+                    "py-again",
+                    model,
+                    metric="auroc",
+                    baseline=0.82,
+                    metric_value=0.95,
+                    idempotency_key=key,
+                )
+            assert refused.value.code == "idempotency_key_reused"
+        assert live.mlflow_versions("hokusai-PY-AGAIN") == ["1"]
+
+
+@pytest.fixture
+def benchmarks_api(live: LiveService) -> None:
+    if "/tokens/{token_id}/benchmark" not in live.paths:
+        pytest.skip("the live service does not serve sealed benchmarks yet (not in /openapi.json)")
+
+
+@pytest.mark.usefixtures("benchmarks_api")
+class TestSealedBenchmark:
+    def test_upload_show_and_an_evaluated_registration_with_its_receipt(
+        self, live: LiveService, tmp_path: Path
+    ) -> None:
+        create_token(live, "sealed", "--metric", "accuracy", "--baseline", "0.5")
+        rows = "\n".join(f"{i},{i % 2}" for i in range(200))
+        dataset = tmp_path / "holdout.csv"
+        dataset.write_text("x,label\n" + rows + "\n")
+        uploaded = json.loads(
+            ok(
+                hokusai(
+                    live,
+                    "benchmark",
+                    "upload",
+                    "-t",
+                    "sealed",
+                    "--dataset",
+                    str(dataset),
+                    "--label-column",
+                    "label",
+                    "--json",
+                )
+            )
+        )
+        assert uploaded["rows"] == 200 and uploaded["label_column"] == "label"
+        assert "label" not in json.dumps(uploaded["features"])
+        shown = json.loads(ok(hokusai(live, "benchmark", "show", "-t", "SEALED", "--json")))
+        assert shown["sha256"] == hashlib.sha256(dataset.read_bytes()).hexdigest()
+
+        import pickle
+
+        from sklearn.tree import DecisionTreeClassifier  # the service evaluates a real model
+
+        model = tmp_path / "model.pkl"
+        fitted = DecisionTreeClassifier().fit(
+            [[i] for i in range(200)], [i % 2 for i in range(200)]
+        )
+        model.write_bytes(pickle.dumps(fitted))
+        result = run_cli(
+            "model",
+            "register",
+            "-t",
+            "sealed",
+            "-m",
+            str(model),
+            "--metric",
+            "accuracy",
+            "--baseline",
+            "0.5",
+            "--json",
+            env=live.env,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr
+        registration = json.loads(result.stdout)
+        assert registration["status"] == "registered"
+        assert registration["metric"]["source"] == "evaluated"
+        verified = run_cli(
+            "receipt",
+            "verify",
+            "--registration-id",
+            registration["registration_id"],
+            "--json",
+            env=live.env,
+        )
+        assert verified.returncode == 0, verified.stderr
+        assert json.loads(verified.stdout)["valid"] is True
