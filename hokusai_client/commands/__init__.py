@@ -17,7 +17,14 @@ from hokusai_client.commands.base import Settings
 from hokusai_client.config import API_URL_VARIABLES, DEFAULT_API_URL, resolve_api_key
 
 # Other spellings of a group's name, resolved but not listed in --help.
-ALIASES = {"webhook": "webhooks", "tokens": "token", "models": "model", "benchmarks": "benchmark"}
+ALIASES = {
+    "webhook": "webhooks",
+    "event": "events",
+    "tokens": "token",
+    "models": "model",
+    "benchmarks": "benchmark",
+    "receipts": "receipt",
+}
 
 
 class _Group(TyperGroup):

@@ -20,6 +20,7 @@ from hokusai_client.errors import (
     UnexpectedResponse,
     UsageError,
 )
+from hokusai_client.uploads import FileChanged
 
 
 class Exit(enum.IntEnum):
@@ -179,6 +180,12 @@ def cli_error(
         )
     if isinstance(error, UnexpectedResponse):
         return CliError(str(error), exit_code=Exit.UNEXPECTED)
+    if isinstance(error, FileChanged):
+        return CliError(
+            str(error),
+            exit_code=Exit.UNEXPECTED,
+            hint="run the command again once the file is complete",
+        )
     return CliError(str(error), exit_code=Exit.UNEXPECTED)
 
 
