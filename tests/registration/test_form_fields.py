@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Api
+from tests.support.service import Api
 from tests.factories import create_token, pickle_bytes
 
 BOUNDARY = "----WebKitFormBoundaryhokusaiTest"

@@ -25,7 +25,7 @@ from app.main import create_app
 from app.manage import migrate
 from app.registration.multipart import MAX_HEADER_BYTES
 from app.registration.upload import MAX_PARTS
-from tests.conftest import Api, make_settings
+from tests.support.service import Api, make_settings
 from tests.factories import create_token, pickle_bytes, register
 
 PROBLEM = "application/problem+json"
