@@ -56,10 +56,32 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=2 * GiB, gt=0)
     max_unpacked_bytes: int | None = Field(
-        default=None, gt=0, description="default: 4 x MAX_UPLOAD_BYTES"
+        default=None,
+        gt=0,
+        description="default: 4 x MAX_UPLOAD_BYTES; an archive is also refused "
+        "when the upload folder's disk has less free space than it would unpack to",
     )
     max_archive_files: int = Field(default=10_000, gt=0)
     max_predictions_bytes: int = Field(default=256 * MiB, gt=0)
+    upload_idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a registration upload that sends nothing for this long is dropped (408); "
+        "after this long it must also keep up UPLOAD_MIN_BYTES_PER_SECOND on average",
+    )
+    upload_min_bytes_per_second: float = Field(
+        default=1024.0,
+        ge=0,
+        description="the slowest average rate a registration upload may arrive at, counted "
+        "from the start of the body once UPLOAD_IDLE_TIMEOUT_SECONDS have passed (408 below)",
+    )
+    upload_deadline_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="the longest a registration upload may take from its first byte to its "
+        "last (408 after)",
+    )
     registration_lease_seconds: int = Field(default=900, gt=0)
     test_pause_at: str | None = Field(
         default=None,
@@ -90,9 +112,16 @@ class Settings(BaseSettings):
         default=20,
         gt=0,
         description="failed authentications one client address may make per window before "
-        "its requests are refused with 429 (counted per process)",
+        "its requests are refused with 429 (counted in Redis across processes when REDIS_URL "
+        "is set, else per process)",
     )
     auth_failure_window_seconds: float = Field(default=60.0, gt=0)
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto `serve` trusts (uvicorn's forwarded_allow_ips); "
+        "unset: trust none, so the client address is the connection's peer",
+    )
 
     redis_url: str | None = None
     webhook_url: str | None = None
@@ -216,7 +245,12 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
-        "database_url", "mlflow_tracking_uri", "redis_url", "webhook_url", "site_webhook_url"
+        "database_url",
+        "mlflow_tracking_uri",
+        "redis_url",
+        "webhook_url",
+        "site_webhook_url",
+        "forwarded_allow_ips",
     )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:

@@ -10,7 +10,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.models import Scope
-from app.auth.ratelimit import client_address, failed_auth_limiter
+from app.auth.ratelimit import client_address, count_failure, refuse_if_blocked
 from app.auth.service import Principal, authenticate, require_scope
 from app.clients.mlflow import MlflowRegistry
 from app.config import Settings
@@ -48,15 +48,14 @@ async def get_principal(
     api_key: Annotated[str | None, Security(_api_key_header)],
 ) -> Principal:
     # An address that keeps failing is refused before its key is even looked at.
-    limiter = failed_auth_limiter(request)
     address = client_address(request)
-    limiter.check(address)
+    await refuse_if_blocked(request, address)
     key = bearer.credentials if bearer is not None else api_key
     try:
         async with database.transaction(read_only=True) as session:
             principal = await authenticate(session, key)
     except Unauthorized:
-        limiter.record_failure(address)
+        await count_failure(request, address)
         raise
     structlog.contextvars.bind_contextvars(principal=principal.key_id)
     return principal

@@ -226,6 +226,20 @@ class WebhookInactive(Conflict):
 # 413 / 415 / 422 / 429 / 431 ----------------------------------------------------------------------
 
 
+class UploadIncomplete(AppError):
+    """The client went away or stalled before its upload was complete: refused, not recorded."""
+
+    status = 400
+    code = "upload_incomplete"
+    title = "The upload did not arrive"
+
+
+class UploadTimedOut(UploadIncomplete):
+    status = 408
+    code = "request_timeout"
+    title = "The upload was too slow"
+
+
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"
@@ -274,6 +288,11 @@ class ValidationFailed(AppError):
             }
         ]
     }
+
+
+class ModelNameTaken(ValidationFailed):
+    code = "model_name_taken"
+    title = "The model name belongs to another token"
 
 
 class UnsupportedMetric(ValidationFailed):

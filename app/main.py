@@ -12,6 +12,7 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app.apidocs import router as apidocs_router
 from app.clients.mlflow import MlflowRegistry, configured_mlflow
 from app.config import Settings, get_settings
 from app.db import Database
@@ -125,6 +126,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs is served by app.apidocs from installed files; FastAPI's pages use a CDN.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         openapi_tags=[
             {"name": "registrations", "description": "Register models and read the attempts."},
             {"name": "tokens", "description": "Tokens and their status."},
@@ -144,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(system_router)
+    app.include_router(apidocs_router)
     # Prometheus scrapes this; it holds counts and timings, no tokens, keys or payloads. The
     # route answers `/metrics` itself (a mount alone answers it with a 307 to `/metrics/`); the
     # mount keeps `/metrics/` answering too.

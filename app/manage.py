@@ -53,7 +53,10 @@ def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         workers=args.workers,
         log_config=None,
-        proxy_headers=True,
+        # Only proxies the operator names may set the client address; uvicorn would otherwise
+        # trust X-Forwarded-For from 127.0.0.1 (or $FORWARDED_ALLOW_IPS) by default.
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 

@@ -54,7 +54,8 @@ REGISTRATIONS = Counter(
     "hokusai_registrations_total",
     "Registrations by outcome: registered (committed), rejected (a check refused it; the token "
     "is untouched), failed (it broke after the claim; the token is failed), replayed (an "
-    "Idempotency-Key repeated an earlier outcome). code: the problem code for rejected, failed "
+    "Idempotency-Key repeated an earlier outcome), abandoned (the client went away or stalled "
+    "before its form was complete; nothing recorded). code: the problem code for rejected, failed "
     "and replayed failures (e.g. metric_below_baseline), empty otherwise. Counted by the process "
     "that settled it, the recovery sweep included.",
     ["outcome", "code"],

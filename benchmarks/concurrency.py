@@ -325,7 +325,6 @@ def group_of(path: str) -> str:
             "h11",
             "httptools",
             "uvloop",
-            "streaming_form_data",
         }:
             return "Starlette/uvicorn"
         return "other"

@@ -91,8 +91,9 @@ every step.
 HOW_IT_WORKS = """\
 ## What makes it fast
 
-- **The upload streams once.** The multipart body is parsed as it arrives
-  (`streaming-form-data`); the model goes straight to a file while it is hashed, counted and capped.
+- **The upload streams once.** The multipart body is parsed as it arrives (the service's own
+  parser: boundaries found with `bytes.find`, a chunk without one passed straight to its part); the
+  model goes straight to a file while it is hashed, counted and capped.
   Nothing re-reads it: the format check reads the first 64 KiB kept on the way, and with the local
   MLflow store the file reaches the run's artifacts by a hard link, not a copy. Memory stays flat
   with the model's size.

@@ -96,6 +96,7 @@ class TestDefaults:
         current = settings()
         assert current.max_upload_bytes == 2 * GiB
         assert current.max_unpacked_bytes is None
+        # 4 x MAX_UPLOAD_BYTES unless set (the contract's default).
         assert current.unpacked_limit == 8 * GiB
         assert current.max_archive_files == 10_000
         assert current.registration_lease_seconds == 900

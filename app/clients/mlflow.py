@@ -38,6 +38,8 @@ from app.errors import MlflowUnavailable
 EXPERIMENT_NAME = "hokusai-registrations"
 REGISTERED_ALIAS = "registered"
 ARTIFACT_PATH = "model"
+# On a registered model and each of its versions: the token whose registrations it holds.
+OWNER_TAG = "hokusai_token_id"
 
 log = structlog.get_logger(__name__)
 
@@ -541,9 +543,13 @@ class MlflowRegistry:
         """Create a READY version of `model_name` from the run's `model/` and alias it."""
         self._check_run_id(run_id)
 
+        owner = tags.get("hokusai_token_id")
+
         def create_model(client: MlflowClient) -> None:
             try:
-                client.create_registered_model(model_name)
+                client.create_registered_model(
+                    model_name, tags={OWNER_TAG: owner} if owner else None
+                )
             except MlflowException as e:
                 if not _has_code(e, "RESOURCE_ALREADY_EXISTS"):
                     raise
@@ -585,6 +591,27 @@ class MlflowRegistry:
 
         self._call("set_registered_model_alias", set_alias, model_name=model_name, version=number)
         return ModelVersionRef(model_name, number, f"models:/{model_name}/{number}")
+
+    def model_owners(self, model_name: str) -> frozenset[str]:
+        """The token ids holding `model_name`: its own owner tag and each version's token tag.
+
+        A version made outside the service (no token tag) counts as the owner "". Empty when no
+        such registered model exists.
+        """
+
+        def look(client: MlflowClient) -> frozenset[str]:
+            try:
+                model = client.get_registered_model(model_name)
+            except MlflowException as e:
+                if _has_code(e, "RESOURCE_DOES_NOT_EXIST"):
+                    return frozenset()
+                raise
+            owners = {model.tags[OWNER_TAG]} if model.tags.get(OWNER_TAG) else set()
+            for version in client.search_model_versions(f"name={_quote(model_name)}"):
+                owners.add(version.tags.get(OWNER_TAG, ""))
+            return frozenset(owners)
+
+        return self._call("get_registered_model", look, model_name=model_name)
 
     def finish_run(self, run_id: str) -> None:
         """Mark the run FINISHED."""

@@ -26,9 +26,6 @@ from typing import Any, BinaryIO, TextIO
 import numpy as np
 import numpy.typing as npt
 from starlette.requests import ClientDisconnect, Request
-from streaming_form_data import StreamingFormDataParser
-from streaming_form_data.parser import ParseFailedException
-from streaming_form_data.targets import BaseTarget
 
 from app.errors import (
     InvalidBenchmark,
@@ -36,6 +33,7 @@ from app.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
     UnsupportedMetric,
+    UploadIncomplete,
     ValidationFailed,
 )
 from app.metrics.compute import (
@@ -46,6 +44,8 @@ from app.metrics.compute import (
     parse_column,
 )
 from app.metrics.registry import METRICS, MetricSpec
+from app.registration.multipart import MultipartParser, PartHeaders, PartSink, boundary_of
+from app.registration.upload import UploadLimits, capped_body
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -60,6 +60,7 @@ MAX_COLUMNS = 2_000
 MAX_COLUMN_NAME = 200
 MAX_CLASSES = 1_000
 MAX_FIELD_BYTES = 1024
+MAX_PARTS = 8
 _CHUNK_ROWS = 32_768
 _MAX_LINE_CHARS = 1 << 20
 _READ_CHARS = 1 << 16
@@ -114,32 +115,38 @@ def metric_for_benchmark(metric: str | None) -> MetricSpec:
 # Receiving ---------------------------------------------------------------------------------------
 
 
-class _TextField(BaseTarget):
+class _TextField:
     def __init__(self, name: str, values: dict[str, str]) -> None:
-        super().__init__()
         self._name = name
         self._values = values
         self._data = bytearray()
+        if name in values:
+            raise ValidationFailed(f"the field {name!r} was sent more than once")
 
-    def on_data_received(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes) -> None:
         self._data += chunk
         if len(self._data) > MAX_FIELD_BYTES:
             raise ValidationFailed(f"the field {self._name!r} is longer than {MAX_FIELD_BYTES}")
 
-    def on_finish(self) -> None:
-        if self._name in self._values:
-            raise ValidationFailed(f"the field {self._name!r} was sent more than once")
+    def finish(self) -> None:
         try:
             self._values[self._name] = self._data.decode("utf-8").strip()
         except UnicodeDecodeError as e:
             raise ValidationFailed(f"the field {self._name!r} is not UTF-8 text") from e
 
 
-class _DatasetFile(BaseTarget):
+class _Ignored:
+    def write(self, chunk: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class _DatasetFile:
     """Writes the dataset to `path` (a name the service chose), hashing and capping it."""
 
     def __init__(self, path: Path, limit: int) -> None:
-        super().__init__()
         self.path = path
         self._limit = limit
         self._hash = hashlib.sha256()
@@ -148,14 +155,15 @@ class _DatasetFile(BaseTarget):
         self.started = False
         self.done = False
 
-    def on_start(self) -> None:
+    def start(self) -> _DatasetFile:
         if self.started:
             raise ValidationFailed(f"the file field {DATASET_FIELD!r} was sent more than once")
         self.started = True
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
+        return self
 
-    def on_data_received(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self._limit:
             raise PayloadTooLarge(
@@ -166,7 +174,7 @@ class _DatasetFile(BaseTarget):
         assert self._file is not None
         self._file.write(chunk)
 
-    def on_finish(self) -> None:
+    def finish(self) -> None:
         self.close()
         self.done = True
 
@@ -180,35 +188,43 @@ class _DatasetFile(BaseTarget):
         return self._hash.hexdigest()
 
 
-async def receive_dataset(request: Request, *, directory: Path, limit: int) -> ReceivedDataset:
-    """Stream the multipart body's `dataset` into `directory/dataset.csv` (`directory` exists)."""
+async def receive_dataset(
+    request: Request, *, directory: Path, limits: UploadLimits
+) -> ReceivedDataset:
+    """Stream the multipart body's `dataset` into `directory/dataset.csv` (`directory` exists).
+
+    `limits.max_upload_bytes` caps the dataset; the body is read with the registration's idle,
+    rate and deadline limits, by the service's own multipart parser.
+    """
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaType(
             "send the benchmark as multipart/form-data with the CSV in the field 'dataset'",
-            extra={"content_type": content_type[:100]},
+            extra={"content_type": content_type[:100].encode("ascii", "replace").decode()},
         )
+    limit = limits.max_upload_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
         raise PayloadTooLarge(
             f"the benchmark file is larger than the limit of {limit} bytes",
             extra={"limit_bytes": limit},
         )
     fields: dict[str, str] = {}
     dataset = _DatasetFile(directory / "dataset.csv", limit)
+
+    def on_part(part: PartHeaders) -> PartSink:
+        if part.name == DATASET_FIELD:
+            return dataset.start()
+        if part.name == LABEL_FIELD:
+            return _TextField(LABEL_FIELD, fields)
+        return _Ignored()
+
+    parser = MultipartParser(boundary_of(content_type), on_part, max_parts=MAX_PARTS)
     try:
-        parser = StreamingFormDataParser(headers=request.headers)
-    except (ParseFailedException, ValueError, KeyError) as e:
-        raise ValidationFailed("the multipart body has no valid boundary") from e
-    parser.register(DATASET_FIELD, dataset)
-    parser.register(LABEL_FIELD, _TextField(LABEL_FIELD, fields))
-    try:
-        async for chunk in request.stream():
-            parser.data_received(chunk)
-    except ParseFailedException as e:
-        raise ValidationFailed("the multipart body is malformed") from e
+        async for chunk in capped_body(request, limits):
+            parser.feed(chunk)
     except ClientDisconnect as e:
-        raise ValidationFailed("the client disconnected before the upload finished") from e
+        raise UploadIncomplete("the client disconnected before the upload finished") from e
     finally:
         dataset.close()
     if not dataset.done:
@@ -217,6 +233,7 @@ async def receive_dataset(request: Request, *, directory: Path, limit: int) -> R
             if not dataset.started
             else "the dataset file part is incomplete"
         )
+    parser.close()
     label = fields.get(LABEL_FIELD) or DEFAULT_LABEL_COLUMN
     return ReceivedDataset(
         path=dataset.path, size=dataset.size, sha256=dataset.sha256, label_column=label

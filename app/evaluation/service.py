@@ -69,7 +69,7 @@ from app.registration import repository as registrations
 from app.registration.artifacts import ModelFormat
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationPublic
-from app.registration.upload import ReceivedFile, RegistrationForm
+from app.registration.upload import ReceivedFile, RegistrationForm, UploadLimits
 from app.tokens import repository as tokens
 from app.tokens.models import REGISTRABLE, Token, TokenStatus
 from app.tokens.schemas import normalize_token_id
@@ -278,7 +278,15 @@ async def put_benchmark(
     folder: Path | None = None
     try:
         received = await benchmarks.receive_dataset(
-            request, directory=incoming, limit=settings.max_benchmark_bytes
+            request,
+            directory=incoming,
+            limits=UploadLimits(
+                max_upload_bytes=settings.max_benchmark_bytes,
+                max_predictions_bytes=0,
+                idle_timeout_seconds=settings.upload_idle_timeout_seconds,
+                min_bytes_per_second=settings.upload_min_bytes_per_second,
+                deadline_seconds=settings.upload_deadline_seconds,
+            ),
         )
         benchmark_id, storage = await anyio.to_thread.run_sync(
             benchmarks.new_storage, settings.benchmark_dir

@@ -14,7 +14,6 @@ import operator
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -35,8 +34,11 @@ Y_PRED = "y_pred"
 Y_SCORE = "y_score"
 
 # Rows converted to numpy at a time: large enough that per-chunk overhead vanishes, small enough
-# that the chunk's Python strings stay a few megabytes.
+# that the chunk's Python strings stay a few megabytes. A chunk also ends once it has read
+# _CHUNK_CHARS of the file, so rows of many fields cannot multiply that (each field is a Python
+# object of 50 bytes or more): memory follows the bytes read, not the row count.
 _CHUNK_ROWS = 65_536
+_CHUNK_CHARS = 1 << 20
 # A line this long is not a predictions row. Iterating a text file reads a whole line at a time, so
 # without a cap a newline-free upload would land in memory as one string; reading fixed blocks and
 # splitting them with a regex bounds that and is cheaper per line than a readline() loop.
@@ -117,8 +119,15 @@ def compute_from_predictions(spec: MetricSpec, path: Path, *, max_rows: int = 10
 # Reading -----------------------------------------------------------------------------------------
 
 
-def _bounded_lines(handle: TextIO) -> Iterator[str]:
+class _Progress:
+    """How many characters of the file have been handed to the CSV reader so far."""
+
+    chars = 0
+
+
+def _bounded_lines(handle: TextIO, progress: _Progress | None = None) -> Iterator[str]:
     """The file's lines, ends kept, split like a file opened with newline="" splits them."""
+    progress = progress or _Progress()
     pending = ""
     while block := handle.read(_READ_CHARS):
         text = pending + block
@@ -134,6 +143,7 @@ def _bounded_lines(handle: TextIO) -> Iterator[str]:
                 "is it a CSV file?"
             )
         if cut:
+            progress.chars += cut
             yield from _LINE.findall(text, 0, cut)
     if pending:
         yield pending
@@ -160,9 +170,10 @@ def _read_columns(
 ) -> tuple[FloatArray, FloatArray]:
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(_bounded_lines(handle), strict=True)
+            progress = _Progress()
+            reader = csv.reader(_bounded_lines(handle, progress), strict=True)
             try:
-                return _parse_rows(reader, spec, columns, max_rows=max_rows)
+                return _parse_rows(reader, spec, columns, max_rows=max_rows, progress=progress)
             except csv.Error as e:
                 raise InvalidPredictions(
                     f"the predictions file is not valid CSV at line {reader.line_num}: {e}"
@@ -225,7 +236,12 @@ def _header_indices(header: list[str], spec: MetricSpec, columns: Sequence[Colum
 
 
 def _parse_rows(
-    reader: _csv_reader, spec: MetricSpec, columns: Sequence[Column], *, max_rows: int
+    reader: _csv_reader,
+    spec: MetricSpec,
+    columns: Sequence[Column],
+    *,
+    max_rows: int,
+    progress: _Progress,
 ) -> tuple[FloatArray, FloatArray]:
     header = next(reader, None)
     if header is None:
@@ -241,12 +257,19 @@ def _parse_rows(
     while True:
         # Reading one row past max_rows is how "too many" is noticed without reading the rest.
         limit = max(1, min(_CHUNK_ROWS, max_rows - total + 1))
-        # islice, map and set keep the per-row work in C; a Python loop per row would be most of
-        # the time spent on a large file.
-        chunk = list(islice(reader, limit))
+        # The loop body is kept to an append and two comparisons; map and set below keep the
+        # per-cell work in C.
+        chunk: list[list[str]] = []
+        append = chunk.append
+        stop_at = progress.chars + _CHUNK_CHARS
+        at_end = True
+        for row in reader:
+            append(row)
+            if len(chunk) >= limit or progress.chars >= stop_at:
+                at_end = False
+                break
         if not chunk:
             break
-        at_end = len(chunk) < limit
         if [] in chunk:  # blank lines, e.g. a trailing one, are not rows
             chunk = [row for row in chunk if row]
         if set(map(len, chunk)) - {width}:

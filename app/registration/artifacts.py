@@ -95,7 +95,9 @@ _CHUNK = 1024 * 1024
 _MAX_NAME_BYTES = 255  # one path component, as most filesystems allow
 _MAX_PATH_BYTES = 4096
 _MAX_MLMODEL_BYTES = 1024 * 1024
-_MAX_SAFETENSORS_HEADER = 100_000_000
+# The format allows 100 MB; a real checkpoint's header is a few hundred KiB. 8 MiB leaves room and
+# bounds the time and memory a header costs to check.
+_MAX_SAFETENSORS_HEADER = 8 * 1024 * 1024
 # pax and GNU long-name headers are read into memory whole by tarfile; nothing legitimate is big.
 _MAX_TAR_READ = 2 * _CHUNK
 # Only scanned to find one name in a torch or keras zip; a real checkpoint has far fewer.
@@ -342,20 +344,54 @@ def _safetensors_problem(head: bytes, path: Path, size: int) -> str | None:
     if not raw.startswith(b"{"):
         return "its header is not a JSON object"
     try:
-        header = json.loads(raw.decode("utf-8"))
+        return _safetensors_entries_problem(raw.decode("utf-8"), size - 8 - header_len)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return "its header is not valid UTF-8 JSON"
-    if not isinstance(header, dict):
-        return "its header is not a JSON object"
-    data_len = size - 8 - header_len
-    for name, entry in header.items():
-        if name == "__metadata__":
-            if not isinstance(entry, dict):
-                return "its __metadata__ is not an object"
-            continue
-        problem = _tensor_entry_problem(entry, data_len)
-        if problem is not None:
-            return f"tensor {_shown(name)} {problem}"
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_DECODER = json.JSONDecoder()
+
+
+def _safetensors_entries_problem(text: str, data_len: int) -> str | None:
+    """Check the header object one entry at a time, keeping none of them.
+
+    `json.loads` on the whole header would build every entry at once and hold the GIL for the
+    whole parse (seconds, and a gigabyte, for millions of entries); parsing entry by entry keeps
+    memory to the names and lets other threads run between entries.
+    """
+    seen: set[str] = set()
+    pos = _JSON_SPACE.match(text, 1).end()  # type: ignore[union-attr]
+    if text.startswith("}", pos):
+        pos += 1
+    else:
+        while True:
+            name, pos = _JSON_DECODER.raw_decode(text, pos)
+            if not isinstance(name, str):
+                return "its header is not a JSON object"
+            pos = _JSON_SPACE.match(text, pos).end()  # type: ignore[union-attr]
+            if not text.startswith(":", pos):
+                raise ValueError("expected ':'")
+            pos = _JSON_SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+            entry, pos = _JSON_DECODER.raw_decode(text, pos)
+            if name in seen:
+                return f"its header names {_shown(name)} twice"
+            seen.add(name)
+            if name == "__metadata__":
+                if not isinstance(entry, dict):
+                    return "its __metadata__ is not an object"
+            elif (problem := _tensor_entry_problem(entry, data_len)) is not None:
+                return f"tensor {_shown(name)} {problem}"
+            pos = _JSON_SPACE.match(text, pos).end()  # type: ignore[union-attr]
+            if text.startswith(",", pos):
+                pos = _JSON_SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+                continue
+            if text.startswith("}", pos):
+                pos += 1
+                break
+            raise ValueError("expected ',' or '}'")
+    if text[pos:].strip(" \t\n\r"):
+        return "its header has data after the JSON object"
     return None
 
 

@@ -22,6 +22,7 @@ from app.errors import (
     MetricBelowBaseline,
     MlflowFailed,
     MlflowUnavailable,
+    ModelNameTaken,
     PayloadTooLarge,
     RegistrationInProgress,
     RegistrationNotFound,
@@ -29,6 +30,7 @@ from app.errors import (
     TokenNotRegistrable,
     UnsupportedMediaType,
     UnsupportedMetric,
+    UploadTimedOut,
     ValidationFailed,
 )
 from app.evaluation import service as evaluation
@@ -50,9 +52,11 @@ def _metric_names() -> str:
 
 
 # Properties in the order a client should send them: the model comes last, so a wrong metric is
-# refused before the upload is received. Swagger UI sends the form in this order too, prefills
-# each field from `examples` (an empty string is left out of the request), and shows a file
-# picker for `format: binary`.
+# refused before the upload is received. Swagger UI prefills each field from `examples`, shows a
+# file picker for `format: binary`, and sends the optional fields left empty as empty values
+# (its "Send empty value" is on by default): the service takes an empty field, and an empty
+# file field, as not sent. No multipart `encoding` is given: with one, Swagger UI sends an empty
+# file field as an empty file of that type.
 _FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["model_file", "metric", "baseline"],
@@ -120,10 +124,6 @@ _REGISTER_REQUEST_BODY: dict[str, Any] = {
     "content": {
         "multipart/form-data": {
             "schema": _FORM_SCHEMA,
-            "encoding": {
-                "model_file": {"contentType": "application/octet-stream"},
-                "predictions": {"contentType": "text/csv"},
-            },
         }
     },
 }
@@ -182,6 +182,12 @@ TokenIdPath = Annotated[
             ChecksumMismatch,
             IdempotencyKeyReused,
             (
+                ModelNameTaken,
+                "the model hokusai-OTHER belongs to another token; choose another model_name",
+                {"model_name": "hokusai-OTHER"},
+            ),
+            (UploadTimedOut, "no data arrived for 30 s", {"idle_timeout_seconds": 30}),
+            (
                 ValidationFailed,
                 "send exactly one of 'metric_value' (the score) and 'predictions' (a CSV the "
                 "service scores)",
@@ -216,9 +222,12 @@ async def register_model(
         Header(
             alias="Idempotency-Key",
             max_length=255,
-            description="Optional. The same key with the same request replays the first "
-            "outcome; with a different request it is a 422 `idempotency_key_reused`; while "
-            "the first is still running, a 409 `registration_in_progress`.",
+            # Printable ASCII only: the key is stored, compared and shown back.
+            pattern=r"^[\x20-\x7e]+$",
+            description="Optional, printable ASCII. The same key with the same request "
+            "replays the first outcome; with a different request it is a 422 "
+            "`idempotency_key_reused`; while the first is still running, a 409 "
+            "`registration_in_progress`.",
         ),
     ] = None,
     prefer: Annotated[

@@ -45,11 +45,15 @@ from app.errors import (
     InvalidMetricValue,
     InvalidPredictions,
     MlflowFailed,
+    MlflowUnavailable,
+    ModelNameTaken,
+    PayloadTooLarge,
     RegistrationInProgress,
     RegistrationNotFound,
     StoredProblem,
     TokenNotFound,
     TokenNotRegistrable,
+    UploadIncomplete,
     ValidationFailed,
 )
 from app.events.outbox import EventType, NewEvent, write_events
@@ -78,7 +82,7 @@ from app.registration.json_schema import signature_json_schema
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
 from app.registration.sdk_fields import SDK_FIELDS, parse_sdk_fields
-from app.registration.upload import RegistrationForm, receive_form
+from app.registration.upload import RegistrationForm, UploadLimits, receive_form
 from app.tokens import repository as tokens
 from app.tokens.models import REGISTRABLE, Token, TokenStatus
 from app.tokens.schemas import normalize_token_id
@@ -86,6 +90,7 @@ from app.tokens.schemas import normalize_token_id
 log = structlog.get_logger(__name__)
 
 ARCHIVE_FORMATS = (ModelFormat.MLFLOW_ZIP, ModelFormat.MLFLOW_TAR)
+DEFAULT_MODEL_PREFIX = "hokusai-"
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_TAGS = 50
@@ -295,6 +300,8 @@ async def register(
             with attempt.step("check_upload"):
                 unpacked = await _check_upload(services, form, attempt, workdir)
             _parse_request_options(token, form, attempt)
+            with attempt.step("check_model_name"):
+                await _check_model_name(services, attempt)
             if evaluations is not None and benchmark is not None:
                 # The model is scored in the sandbox; the outcome commits when that is done.
                 with attempt.step("queue_evaluation"):
@@ -303,6 +310,11 @@ async def register(
                     )
             with attempt.step("claim_token"):
                 await _claim(services.database, attempt)
+        except UploadIncomplete as e:
+            # The client went away or stalled mid-form: nothing was decided, nothing to announce.
+            log.info("upload_abandoned", code=e.code, detail=e.detail)
+            observability.REGISTRATIONS.labels("abandoned", e.code).inc()
+            raise
         except AppError as e:
             await _record_rejection(services.database, attempt, e)
             raise
@@ -353,11 +365,17 @@ async def _receive(
     *,
     before_model: Callable[[Mapping[str, str]], None] | None,
 ) -> RegistrationForm:
+    settings = services.settings
     return await receive_form(
         request,
         directory=workdir,
-        max_upload_bytes=services.settings.max_upload_bytes,
-        max_predictions_bytes=services.settings.max_predictions_bytes,
+        limits=UploadLimits(
+            max_upload_bytes=settings.max_upload_bytes,
+            max_predictions_bytes=settings.max_predictions_bytes,
+            idle_timeout_seconds=settings.upload_idle_timeout_seconds,
+            min_bytes_per_second=settings.upload_min_bytes_per_second,
+            deadline_seconds=settings.upload_deadline_seconds,
+        ),
         before_model=before_model or (lambda _fields: None),
     )
 
@@ -461,7 +479,7 @@ def _early_metric_check(token: Token, fields: Mapping[str, str], attempt: Attemp
     """When the metric fields precede the model file, refuse bad ones before the upload."""
     if "metric" in fields and "baseline" in fields:
         spec, _ = _resolve_fields(token, fields, attempt)
-        if "metric_value" in fields:
+        if fields.get("metric_value"):
             value = parse_number(
                 fields["metric_value"], field="metric_value", error=InvalidMetricValue
             )
@@ -547,7 +565,8 @@ async def _check_upload(
                 f"the upload's sha256 is {model.sha256}, not {expected.lower()}",
                 extra={"expected_sha256": expected.lower(), "actual_sha256": model.sha256},
             )
-    check_content(fmt, model.head, model.path, model.size)
+    # Off the event loop: a format check may read and parse a header of megabytes.
+    await anyio.to_thread.run_sync(check_content, fmt, model.head, model.path, model.size)
     if fmt not in ARCHIVE_FORMATS:
         return None
     settings = services.settings
@@ -559,6 +578,13 @@ async def _check_upload(
             max_unpacked_bytes=settings.unpacked_limit,
             max_files=settings.max_archive_files,
         )
+        free = shutil.disk_usage(workdir).free
+        if info.unpacked_bytes > free:
+            raise PayloadTooLarge(
+                f"the archive unpacks to {info.unpacked_bytes} bytes; the service has "
+                f"{free} bytes of disk free for it",
+                extra={"unpacked_bytes": info.unpacked_bytes},
+            )
         unpacked = workdir / "unpacked"
         unpacked.mkdir()
         root = extract_archive(
@@ -610,6 +636,63 @@ def _parse_request_options(token: Token, form: RegistrationForm, attempt: Attemp
         if not key.isprintable() or not value.isprintable():
             raise ValidationFailed(f"tag {key!r} holds control characters")
     attempt.tags = tags
+
+
+def _foreign_owners(owners: frozenset[str], token_id: str) -> frozenset[str]:
+    return owners - {token_id}
+
+
+async def _check_model_name(services: RegistrationServices, attempt: Attempt) -> None:
+    """A registration may name only its own token's model, or a name no other token holds.
+
+    `hokusai-<TOKEN_ID>` names are reserved for their token; any other name is taken once a token
+    records it as its model or MLflow holds a version of it from another token (or from outside
+    the service). The MLflow step checks again after creating its version, for a race between two
+    first registrations of one new name.
+    """
+    name, token_id = attempt.model_name, attempt.token_id
+    assert name is not None
+    default = f"hokusai-{token_id}"
+    if name.lower().startswith(DEFAULT_MODEL_PREFIX) and name.lower() != default.lower():
+        raise ModelNameTaken(
+            f"model names starting with {DEFAULT_MODEL_PREFIX!r} are reserved for each token's "
+            f"default name; this token's is {default}",
+            extra={"model_name": name},
+        )
+    async with services.database.transaction(read_only=True) as session:
+        holders = await tokens.holding_model_name(session, name)
+    owners: frozenset[str] = frozenset()
+    if _is_custom(attempt):
+        try:
+            owners = await anyio.to_thread.run_sync(
+                services.mlflow.model_owners, name, limiter=services.mlflow_limiter
+            )
+        except (MlflowError, MlflowUnavailable) as e:
+            # The MLflow step checks again before it creates a version; an outage shows there.
+            log.warning("model_name_check_deferred", error=str(e)[:200])
+    if set(holders) - {token_id} or _foreign_owners(owners, token_id):
+        raise ModelNameTaken(
+            f"the model {name} belongs to another token; choose another model_name",
+            extra={"model_name": name},
+        )
+
+
+def _is_custom(attempt: Attempt) -> bool:
+    """A name other than the token's default: the default is reserved to it, no one else's."""
+    assert attempt.model_name is not None
+    return attempt.model_name.lower() != f"{DEFAULT_MODEL_PREFIX}{attempt.token_id}".lower()
+
+
+def _require_model_name_free(mlflow: MlflowRegistry, attempt: Attempt) -> None:
+    """The MLflow step's own check of a custom model name (worker thread)."""
+    assert attempt.model_name is not None
+    if not _is_custom(attempt):
+        return
+    if _foreign_owners(mlflow.model_owners(attempt.model_name), attempt.token_id):
+        raise ModelNameTaken(
+            f"the model {attempt.model_name} belongs to another token; choose another model_name",
+            extra={"model_name": attempt.model_name},
+        )
 
 
 async def _claim(database: Database, attempt: Attempt) -> None:
@@ -684,6 +767,7 @@ def _log_to_mlflow(
         mlflow.log_model_dir(attempt.run_id, unpacked)
     else:
         mlflow.log_model_file(attempt.run_id, form.model.path)
+    _require_model_name_free(mlflow, attempt)
     ref = mlflow.register_version(
         run_id=attempt.run_id,
         model_name=attempt.model_name,
@@ -697,6 +781,9 @@ def _log_to_mlflow(
         },
     )
     attempt.model_version, attempt.model_uri = ref.version, ref.model_uri
+    # Another token may have registered the same new name at the same moment; the undo removes
+    # this attempt's version.
+    _require_model_name_free(mlflow, attempt)
     mlflow.finish_run(attempt.run_id)
 
 

@@ -1,24 +1,30 @@
 """Streaming the multipart registration request to disk.
 
-The body is parsed as it arrives (streaming-form-data): the model file goes straight to a file under
-the registration's working folder while it is hashed, counted and capped, so no upload is ever held
-in memory or read twice. Text fields are small and capped too. A hook runs when the model part
-starts, so cheap checks on fields sent before it (the metric, the baseline) can refuse the request
-before a large upload is received.
+The body is parsed as it arrives by the service's one multipart parser (`multipart.py`): the model
+file goes straight to a file under the registration's working folder while it is hashed, counted
+and capped, so no upload is ever held in memory or read twice. Text fields are small and capped too.
+A hook runs when the model part starts, so cheap checks on fields sent before it (the metric, the
+baseline) can refuse the request before a large upload is received.
+
+Uploads are stored under names the service chooses (`model<extension>`, `predictions.csv`); the
+client's file name is decoded once, checked, and kept as metadata only. The whole body is capped
+(chunked bodies included), and so is the time: a request that stays silent for the idle timeout,
+sends slower than the minimum rate, or outlives the deadline is dropped. A client that goes away or
+stalls before its form is complete raises `UploadIncomplete`, which is not recorded as an attempt.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import anyio
 from starlette.requests import ClientDisconnect, Request
-from streaming_form_data import StreamingFormDataParser
-from streaming_form_data.parser import ParseFailedException
-from streaming_form_data.targets import BaseTarget
 
 from app import observability
 from app.errors import (
@@ -27,9 +33,18 @@ from app.errors import (
     InvalidPredictions,
     PayloadTooLarge,
     UnsupportedMediaType,
+    UploadIncomplete,
+    UploadTimedOut,
     ValidationFailed,
 )
-from app.registration.artifacts import format_for_filename
+from app.registration.artifacts import ALLOWED_EXTENSIONS, format_for_filename
+from app.registration.multipart import (
+    MultipartError,
+    MultipartParser,
+    PartHeaders,
+    PartSink,
+    boundary_of,
+)
 
 MODEL_FIELD = "model_file"
 PREDICTIONS_FIELD = "predictions"
@@ -50,9 +65,32 @@ TEXT_FIELDS = (
 )
 MAX_FIELD_BYTES = 64 * 1024
 HEAD_BYTES = 64 * 1024
+# Every field and file once, plus room for fields this version does not know (they are ignored).
+MAX_PARTS = 64
+MAX_PART_NAME_CHARS = 100
+MAX_FILENAME_BYTES = 255
 # Room for the multipart framing and the text fields around the files.
-_ENVELOPE_BYTES = len(TEXT_FIELDS) * MAX_FIELD_BYTES + 64 * 1024
+_ENVELOPE_BYTES = MAX_PARTS * MAX_FIELD_BYTES // 4 + 64 * 1024
 _WRITE_BUFFER = 1024 * 1024
+_PREDICTIONS_NAME = "predictions.csv"
+# Unicode categories with no place in a file name: controls, invisible format characters
+# (bidirectional overrides disguise extensions), surrogates, line and paragraph separators.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """How much and how slowly a client may send one registration request."""
+
+    max_upload_bytes: int
+    max_predictions_bytes: int
+    idle_timeout_seconds: float = 30.0
+    min_bytes_per_second: float = 1024.0
+    deadline_seconds: float = 3600.0
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_upload_bytes + self.max_predictions_bytes + _ENVELOPE_BYTES
 
 
 @dataclass(slots=True)
@@ -73,19 +111,16 @@ class RegistrationForm:
     predictions: ReceivedFile | None
 
 
-class _FieldTarget(BaseTarget):
+class _FieldTarget:
     def __init__(self, name: str, received: dict[str, str]) -> None:
-        super().__init__()
         self._name = name
         self._received = received
         self._chunks: list[bytes] = []
         self._size = 0
+        if name in received:
+            raise ValidationFailed(f"the field {name!r} was sent more than once")
 
-    def on_start(self) -> None:
-        if self._name in self._received or self._chunks:
-            raise ValidationFailed(f"the field {self._name!r} was sent more than once")
-
-    def on_data_received(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
         if self._size > MAX_FIELD_BYTES:
             raise ValidationFailed(
@@ -93,15 +128,25 @@ class _FieldTarget(BaseTarget):
             )
         self._chunks.append(chunk)
 
-    def on_finish(self) -> None:
+    def finish(self) -> None:
         try:
             self._received[self._name] = b"".join(self._chunks).decode("utf-8").strip()
         except UnicodeDecodeError as e:
             raise ValidationFailed(f"the field {self._name!r} is not UTF-8 text") from e
 
 
-class _FileTarget(BaseTarget):
-    """Writes a file part to `directory/<its filename>`, hashing and capping it on the way."""
+class _Ignored:
+    """A part this version does not read; its bytes still count against the body's cap."""
+
+    def write(self, chunk: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class _FileTarget:
+    """Writes a file part to `directory/<a name the service chose>`, hashing and capping it."""
 
     def __init__(
         self,
@@ -109,9 +154,8 @@ class _FileTarget(BaseTarget):
         directory: Path,
         limit: int,
         too_large: Callable[[int], AppError],
-        on_start: Callable[[str], None],
+        on_start: Callable[[str], str],
     ) -> None:
-        super().__init__()
         self._directory = directory
         self._limit = limit
         self._too_large = too_large
@@ -124,16 +168,18 @@ class _FileTarget(BaseTarget):
         self.filename: str | None = None
         self.done = False
 
-    def on_start(self) -> None:
+    def start(self, filename: str) -> _FileTarget:
         if self.filename is not None:
             raise ValidationFailed("a file field was sent more than once")
-        self.filename = (self.multipart_filename or "").strip()
-        self._on_start(self.filename)
+        self.filename = filename
+        stored = self._on_start(filename)
         self._directory.mkdir(parents=True, exist_ok=True)
-        self.path = self._directory / self.filename
-        self._file = self.path.open("wb", buffering=_WRITE_BUFFER)
+        self.path = self._directory / stored
+        # "x": the folder is the attempt's own and new; nothing there may be replaced.
+        self._file = self.path.open("xb", buffering=_WRITE_BUFFER)
+        return self
 
-    def on_data_received(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self._limit:
             raise self._too_large(self._limit)
@@ -143,7 +189,7 @@ class _FileTarget(BaseTarget):
         assert self._file is not None
         self._file.write(chunk)
 
-    def on_finish(self) -> None:
+    def finish(self) -> None:
         self.close()
         self.done = True
 
@@ -176,12 +222,83 @@ def _predictions_too_large(limit: int) -> AppError:
     )
 
 
+def _shown(name: str) -> str:
+    text = repr(name)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_client_filename(filename: str, *, what: str, error: type[AppError]) -> str:
+    """A client's file name, fit to keep as metadata: short, one component, no hidden characters."""
+    if not filename:
+        raise error(f"the {what} has no file name")
+    if len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        raise error(f"the {what}'s file name is longer than {MAX_FILENAME_BYTES} bytes")
+    if "/" in filename or "\\" in filename or filename in (".", ".."):
+        raise error(
+            f"the {what}'s file name {_shown(filename)} contains a path; send the bare file name"
+        )
+    for char in filename:
+        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            raise error(
+                f"the {what}'s file name {_shown(filename)} contains the control or invisible "
+                f"character U+{ord(char):04X}"
+            )
+    return filename
+
+
+def stored_model_name(filename: str) -> str:
+    """The name the model is stored under: `model` and the allowed extension it ends with."""
+    lowered = filename.lower()
+    extension = max((e for e in ALLOWED_EXTENSIONS if lowered.endswith(e)), key=len)
+    return "model" + extension
+
+
+async def _body(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
+    """The request body, with the idle timeout, the minimum rate and the deadline enforced."""
+    stream = request.stream().__aiter__()
+    started = time.monotonic()
+    received = 0
+    while True:
+        elapsed = time.monotonic() - started
+        remaining = limits.deadline_seconds - elapsed
+        if remaining <= 0:
+            raise UploadTimedOut(
+                f"the upload took longer than {limits.deadline_seconds:g} s",
+                extra={"deadline_seconds": limits.deadline_seconds},
+            )
+        with anyio.move_on_after(min(limits.idle_timeout_seconds, remaining)) as waiting:
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+        if waiting.cancelled_caught:
+            raise UploadTimedOut(
+                f"no data arrived for {limits.idle_timeout_seconds:g} s",
+                extra={"idle_timeout_seconds": limits.idle_timeout_seconds},
+            )
+        received += len(chunk)
+        elapsed = time.monotonic() - started
+        if (
+            elapsed > limits.idle_timeout_seconds
+            and received < limits.min_bytes_per_second * elapsed
+        ):
+            raise UploadTimedOut(
+                f"the upload arrives slower than {limits.min_bytes_per_second:g} bytes/s",
+                extra={"min_bytes_per_second": limits.min_bytes_per_second},
+            )
+        if received > limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"the request body is larger than {limits.max_body_bytes} bytes",
+                extra={"limit_bytes": limits.max_body_bytes},
+            )
+        yield chunk
+
+
 async def receive_form(
     request: Request,
     *,
     directory: Path,
-    max_upload_bytes: int,
-    max_predictions_bytes: int,
+    limits: UploadLimits,
     before_model: Callable[[Mapping[str, str]], None],
 ) -> RegistrationForm:
     """Stream the request's multipart body into `directory`; the files land on disk."""
@@ -189,50 +306,61 @@ async def receive_form(
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaType(
             "send the registration as multipart/form-data",
-            extra={"content_type": content_type[:100]},
+            extra={"content_type": content_type[:100].encode("ascii", "replace").decode()},
         )
     declared = request.headers.get("content-length")
-    limit = max_upload_bytes + max_predictions_bytes + _ENVELOPE_BYTES
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _model_too_large(max_upload_bytes)
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise _model_too_large(limits.max_upload_bytes)
 
     fields: dict[str, str] = {}
 
-    def model_started(filename: str) -> None:
+    def model_started(filename: str) -> str:
+        check_client_filename(filename, what="model file", error=InvalidModelFile)
         format_for_filename(filename)
         before_model(fields)
+        return stored_model_name(filename)
 
-    def predictions_started(filename: str) -> None:
+    def predictions_started(filename: str) -> str:
+        # A part without a file name is what a form sends for a file field left empty (an HTML
+        # form, Swagger UI's "Try it out"); it is judged by its size when it ends.
+        if not filename:
+            return _PREDICTIONS_NAME
+        check_client_filename(filename, what="predictions file", error=InvalidPredictions)
         if not filename.lower().endswith(".csv"):
             raise InvalidPredictions("predictions must be a .csv file")
+        return _PREDICTIONS_NAME
 
     model = _FileTarget(
         directory=directory / "model",
-        limit=max_upload_bytes,
+        limit=limits.max_upload_bytes,
         too_large=_model_too_large,
         on_start=model_started,
     )
     predictions = _FileTarget(
         directory=directory / "predictions",
-        limit=max_predictions_bytes,
+        limit=limits.max_predictions_bytes,
         too_large=_predictions_too_large,
         on_start=predictions_started,
     )
+
+    def on_part(part: PartHeaders) -> PartSink:
+        name = part.name
+        if not name or len(name) > MAX_PART_NAME_CHARS or not name.isprintable():
+            raise MultipartError(f"the part name {_shown(name[:MAX_PART_NAME_CHARS])} is not valid")
+        if name == MODEL_FIELD:
+            return model.start(part.filename or "")
+        if name == PREDICTIONS_FIELD:
+            return predictions.start(part.filename or "")
+        if name in TEXT_FIELDS:
+            return _FieldTarget(name, fields)
+        return _Ignored()
+
+    parser = MultipartParser(boundary_of(content_type), on_part, max_parts=MAX_PARTS)
     try:
-        parser = StreamingFormDataParser(headers=request.headers)
-    except (ParseFailedException, ValueError, KeyError) as e:
-        raise ValidationFailed("the multipart body has no valid boundary") from e
-    parser.register(MODEL_FIELD, model)
-    parser.register(PREDICTIONS_FIELD, predictions)
-    for name in TEXT_FIELDS:
-        parser.register(name, _FieldTarget(name, fields))
-    try:
-        async for chunk in request.stream():
-            parser.data_received(chunk)
-    except ParseFailedException as e:
-        raise ValidationFailed("the multipart body is malformed") from e
+        async for chunk in _body(request, limits):
+            parser.feed(chunk)
     except ClientDisconnect as e:
-        raise ValidationFailed("the client disconnected before the upload finished") from e
+        raise UploadIncomplete("the client disconnected before the upload finished") from e
     finally:
         model.close()
         predictions.close()
@@ -247,9 +375,25 @@ async def receive_form(
             if model.filename is None
             else "the model file part is incomplete"
         )
+    parser.close()
     observability.MODEL_UPLOAD_SIZE.observe(model.size)
     return RegistrationForm(
         fields=fields,
         model=model.received(),
-        predictions=predictions.received() if predictions.done else None,
+        predictions=_sent_predictions(predictions),
     )
+
+
+def _sent_predictions(target: _FileTarget) -> ReceivedFile | None:
+    """The predictions file, or None when none was sent (no part, or an empty file field)."""
+    if not target.done:
+        return None
+    if not target.filename:
+        if target.size == 0:
+            return None
+        raise InvalidPredictions("predictions must be a .csv file")
+    return target.received()
+
+
+# A benchmark upload (app.evaluation) reads its body under the same idle, rate and size limits.
+capped_body = _body

@@ -21,6 +21,12 @@ async def get(session: AsyncSession, token_id: str, *, for_update: bool = False)
     return (await session.exec(statement)).first()
 
 
+async def holding_model_name(session: AsyncSession, model_name: str) -> Sequence[str]:
+    """The tokens whose registered model is `model_name`."""
+    statement = select(Token.token_id).where(Token.model_name == model_name).limit(10)
+    return (await session.exec(statement)).all()
+
+
 async def list_page(
     session: AsyncSession,
     *,

@@ -90,9 +90,14 @@ class TokenCreate(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_is_small(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(json.dumps(value)) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata must serialise to at most {MAX_METADATA_BYTES} bytes")
-        return value
+        return _small_metadata(value)
+
+
+def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """The cap on token metadata, the same on create and on update."""
+    if len(json.dumps(value).encode()) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must serialise to at most {MAX_METADATA_BYTES} bytes")
+    return value
 
 
 class TokenUpdate(BaseModel):
@@ -111,6 +116,11 @@ class TokenUpdate(BaseModel):
         description="a level in (0.5, 1); null clears it (then the measured value alone decides)",
     )
     metadata: dict[str, Any] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _small_metadata(value)
 
 
 class TokenPublic(BaseModel):

@@ -26,6 +26,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.events.webhooks.schemas import generate_secret
 from app.events.webhooks.sender import (
+    EXCERPT_CHARS,
     MAX_READ_BYTES,
     WebhookSender,
     encode_body,
@@ -324,13 +325,19 @@ class TestSend:
         assert not result.ok and not result.blocked
         assert result.error is not None and result.error.startswith("cannot resolve")
 
-    async def test_excerpt_is_cut_to_500_characters(
+    async def test_excerpt_is_cut_short_and_kept_to_one_printable_line(
         self, sender: WebhookSender, receiver: WebhookReceiver
     ) -> None:
         receiver.script(Reply.with_status(400, "é".encode() * 200_000))
         result = await sender.send(url=receiver.url, secret=SECRET, envelope=make_envelope())
         assert result.status_code == 400
-        assert result.response_excerpt == "é" * 500
+        assert EXCERPT_CHARS == 200
+        assert result.response_excerpt == "é" * EXCERPT_CHARS
+        receiver.script(Reply.with_status(500, b"line 1\r\n\x1b[31mred\x00\xe2\x80\xae\tend\n" * 3))
+        result = await sender.send(url=receiver.url, secret=SECRET, envelope=make_envelope())
+        assert result.response_excerpt is not None
+        assert result.response_excerpt.isprintable() and "\x1b" not in result.response_excerpt
+        assert result.response_excerpt.startswith("line 1 [31mred")
         receiver.script(Reply.ok(b"\xff\xfebad bytes"))
         result = await sender.send(url=receiver.url, secret=SECRET, envelope=make_envelope())
         assert result.ok and result.response_excerpt == "\ufffd\ufffdbad bytes"
@@ -340,7 +347,7 @@ class TestSend:
     ) -> None:
         receiver.script(Reply.ok(b"x" * (MAX_READ_BYTES * 64)))
         result = await sender.send(url=receiver.url, secret=SECRET, envelope=make_envelope())
-        assert result.ok and result.response_excerpt == "x" * 500
+        assert result.ok and result.response_excerpt == "x" * EXCERPT_CHARS
         # The unread rest cannot be reused, so the next attempt opens a new connection.
         assert (await sender.send(url=receiver.url, secret=SECRET, envelope=make_envelope())).ok
         assert receiver.connections == 2

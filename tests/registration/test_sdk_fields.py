@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
 
-from tests.conftest import Api
+from tests.support.service import Api
 from tests.factories import create_token, mlflow_zip, register, tags_field
 
 FIELDS = {

@@ -7,7 +7,9 @@ MLflow run, and MLflow must have no new registered model or version.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import struct
 import tarfile
 import uuid
@@ -391,6 +393,190 @@ class TestHostileFileNames:
             # httpx would percent-escape the name; the raw bytes go in a hand-made body.
             response = await send_raw_file_name(target, name)
             await target.refused(f"filename={name[:30]!r}", response, MODEL_FILE | VALIDATION)
+        target.check()
+
+
+def _rfc2231(name: str) -> bytes:
+    return (
+        b"filename*=UTF-8''"
+        + "".join(
+            chr(b) if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "._-") else f"%{b:02X}"
+            for b in name.encode("utf-8", "surrogatepass")
+        ).encode()
+    )
+
+
+def _rfc2047(name: str) -> bytes:
+    encoded = base64.b64encode(name.encode("utf-8", "surrogatepass"))
+    return b'filename="=?utf-8?B?' + encoded + b'?="'
+
+
+async def send_raw_parts(
+    target: Target, parts: list[bytes], *, idempotency_key: bytes | None = None
+) -> httpx.Response:
+    """A registration made of `parts` (each a part's raw headers, blank line and data)."""
+    boundary = "hostile" + uuid.uuid4().hex
+    body = b"".join(b"--" + boundary.encode() + b"\r\n" + part + b"\r\n" for part in parts)
+    body += b"--" + boundary.encode() + b"--\r\n"
+    headers: dict[str, str | bytes] = {
+        **target.api.auth(),
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+    }
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    return await target.api.client.post(
+        f"/models/{target.token_id}/register", content=body, headers=headers
+    )
+
+
+def _fields() -> list[bytes]:
+    return [
+        f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode()
+        for name, value in (("metric", "auroc"), ("baseline", "0.82"), ("metric_value", "0.86"))
+    ]
+
+
+def _model(disposition_params: bytes, content_type: bytes = b"application/octet-stream") -> bytes:
+    return (
+        b'Content-Disposition: form-data; name="model_file"; '
+        + disposition_params
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\n\r\n"
+        + pickle_bytes()
+    )
+
+
+HOSTILE_FILE_NAMES = [
+    "model\x00.pkl",
+    "model\x01.pkl",
+    "lkp.\u202emodel.pkl",
+    "mo\u200ddel.pkl",
+    "../../model.pkl",
+    "..\\model.pkl",
+    "/etc/model.pkl",
+    "a" * 300 + ".pkl",
+    "\u00e9" * 200 + ".pkl",  # 255 characters but 400 bytes
+    ".pkl",
+    "model.exe",
+    "model.pkl\n.sh",
+    "model.pkl\ud800",
+]
+
+
+class TestHostileEncodedFileNames:
+    async def test_model_file_names_in_rfc_2231_and_2047(self, target: Target) -> None:
+        for name in HOSTILE_FILE_NAMES:
+            for label, params in (("2231", _rfc2231(name)), ("2047", _rfc2047(name))):
+                response = await send_raw_parts(target, [*_fields(), _model(params)])
+                await target.refused(
+                    f"filename RFC {label} {name[:20]!r}", response, MODEL_FILE | VALIDATION
+                )
+        target.check()
+
+    async def test_predictions_file_names_in_every_encoding(self, target: Target) -> None:
+        csv = b"y_true,y_score\n1,0.9\n0,0.2\n"
+        # A predictions file's name is metadata only, so a bare ".csv" is harmless and accepted.
+        names = [n.replace(".pkl", ".csv") for n in HOSTILE_FILE_NAMES if n != ".pkl"]
+        for name in [*names, "p.txt", "p.csv.exe"]:
+            raw = name.encode("utf-8", "surrogatepass")
+            raw = raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+            for label, params in (
+                ("plain", b'filename="' + raw + b'"'),
+                ("2231", _rfc2231(name)),
+                ("2047", _rfc2047(name)),
+            ):
+                predictions = (
+                    b'Content-Disposition: form-data; name="predictions"; '
+                    + params
+                    + b"\r\n\r\n"
+                    + csv
+                )
+                parts = [*_fields()[:2], predictions, _model(b'filename="m.pkl"')]
+                response = await send_raw_parts(target, parts)
+                await target.refused(
+                    f"predictions filename {label} {name[:20]!r}",
+                    response,
+                    PREDICTIONS | VALIDATION,
+                )
+        target.check()
+
+
+class TestHostilePartHeaders:
+    async def test_part_names(self, target: Target) -> None:
+        names = [
+            b"model\xff",
+            b"x" * 200,
+            b"model_file\x00",
+            b"metric\r\nX-Evil: 1",
+            b"\xe2\x80\xaemetric",
+            b"",
+        ]
+        for name in names:
+            part = b'Content-Disposition: form-data; name="' + name + b'"\r\n\r\nauroc'
+            response = await send_raw_parts(target, [*_fields(), part, _model(b'filename="m.pkl"')])
+            # A name that is merely unknown is ignored: the request then fails the metric check.
+            await target.refused(
+                f"part name {name[:20]!r}", response, VALIDATION | TOO_LARGE | METRIC_CODES
+            )
+        target.check()
+
+    async def test_content_types_and_dispositions(self, target: Target) -> None:
+        for content_type in [
+            b"application/\xff",
+            b"text/plain\x00",
+            b"a" * 300,
+            b"multipart/mixed; boundary=inner",
+        ]:
+            response = await send_raw_parts(
+                target, [*_fields()[:2], _model(b'filename="m.pkl"', content_type)]
+            )
+            await target.refused(f"content type {content_type[:20]!r}", response, VALIDATION)
+        for params in [
+            b'filename="m.pkl"; filename="n.pkl"',
+            b'filename="m.pkl"; a=b' + b"; a=b" * 20,
+            b'filename="m.pkl',  # unterminated quoted string
+            b"filename=m.pkl; name=metric",
+            b"filename*=UTF-8''%FF.pkl",
+            b"filename*=utf-16''m.pkl",
+        ]:
+            response = await send_raw_parts(target, [*_fields()[:2], _model(params)])
+            await target.refused(f"disposition {params[:30]!r}", response, VALIDATION)
+        target.check()
+
+    async def test_idempotency_keys(self, target: Target) -> None:
+        for key in [b"k" * 256, "\u00e9".encode() * 200, b"key\x00", b"\xff\xfe", b"k\x1b[31m"]:
+            # Sent without metric_value: a key the service accepts is then refused by that check.
+            response = await send_raw_parts(
+                target, [*_fields()[:2], _model(b'filename="m.pkl"')], idempotency_key=key
+            )
+            await target.refused(f"Idempotency-Key {key[:20]!r}", response, VALIDATION)
+        target.check()
+
+
+class TestHostileTokenMetadata:
+    async def test_metadata_on_create_and_update(self, target: Target) -> None:
+        api = target.api
+        hostile: list[Any] = [
+            {"blob": "x" * 20_000},
+            {str(i): "v" for i in range(2000)},
+            {"deep": json.loads("[" * 50 + "]" * 50), "pad": "x" * 17_000},
+            "not an object",
+            ["a", "b"],
+        ]
+        for metadata in hostile:
+            created = await api.client.post(
+                "/tokens",
+                json={"token_id": f"META-{uuid.uuid4().hex[:8]}", "metadata": metadata},
+                headers=api.auth(),
+            )
+            await target.refused(f"create metadata {str(metadata)[:20]}", created, VALIDATION)
+            patched = await api.client.patch(
+                f"/tokens/{target.token_id}", json={"metadata": metadata}, headers=api.auth()
+            )
+            await target.refused(f"patch metadata {str(metadata)[:20]}", patched, VALIDATION)
+        token = await api.client.get(f"/tokens/{target.token_id}", headers=api.auth())
+        assert token.json()["metadata"] == {}
         target.check()
 
 

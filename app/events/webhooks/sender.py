@@ -34,7 +34,9 @@ from app.events.webhooks.ssrf import (
 from app.events.webhooks.transport import VettedTransport
 
 USER_AGENT = "hokusai-webhooks/1"
-EXCERPT_CHARS = 500
+# A receiver's reply is shown to webhooks:manage keys: enough to tell "ok" from an error page,
+# never a page of whatever the receiver (or a host it was pointed at) returns.
+EXCERPT_CHARS = 200
 # Enough of the body to drain a typical answer (so the connection can be reused); a larger one is
 # cut off and its connection closed rather than buffered.
 MAX_READ_BYTES = 64 * 1024
@@ -50,7 +52,7 @@ class AttemptResult:
     status_code: int | None
     error: str | None  # a short reason: "timeout", "connection refused", "HTTP 500 ..."
     duration_ms: float
-    response_excerpt: str | None  # the first 500 characters of the answer's body
+    response_excerpt: str | None  # the start of the answer's body, one line
     retry_after: float | None  # seconds, from Retry-After, clamped to [0, 24 h]
     gone: bool  # 410 Gone: the endpoint must be disabled
     blocked: bool  # refused by the SSRF policy before connecting
@@ -288,7 +290,9 @@ def _excerpt(raw: bytes, charset: str | None) -> str | None:
         text = head.decode(charset or "utf-8", errors="replace")
     except LookupError:
         text = head.decode("utf-8", errors="replace")
-    return text[:EXCERPT_CHARS]
+    # One line of printable text: no control characters or invisible formatting reach a reader.
+    shown = "".join(char if char.isprintable() else " " for char in text[:EXCERPT_CHARS])
+    return " ".join(shown.split()) or None
 
 
 def _failure(started: float, error: str, *, blocked: bool = False) -> AttemptResult:
