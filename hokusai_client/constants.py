@@ -102,6 +102,8 @@ SCOPES: Final = (
 ERROR_CODES: Final = MappingProxyType(
     {
         "bad_request": 400,
+        "upload_incomplete": 400,
+        "request_timeout": 408,
         "unauthorized": 401,
         "forbidden": 403,
         "not_found": 404,
@@ -132,6 +134,7 @@ ERROR_CODES: Final = MappingProxyType(
         "invalid_model_file": 422,
         "invalid_predictions": 422,
         "checksum_mismatch": 422,
+        "model_name_taken": 422,
         "idempotency_key_reused": 422,
         "webhook_url_not_allowed": 422,
         "invalid_benchmark": 422,

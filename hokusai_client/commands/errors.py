@@ -72,6 +72,10 @@ HINTS: Final[Mapping[str, str]] = MappingProxyType(
         "idempotency_key_reused": "this --idempotency-key came with a different request; use a "
         "new key, or leave the option out to get a fresh one",
         "checksum_mismatch": "the file changed while it was read or sent; run the command again",
+        "model_name_taken": "leave --model-name out to use the token's own registered model, "
+        "or choose a name no other token uses",
+        "upload_incomplete": "the upload was cut off before it was complete; run the command again",
+        "request_timeout": "the upload stalled; check the connection and run the command again",
         "invalid_model_file": "send a model file (.pkl, .joblib, .onnx, .pt, .safetensors, ...) "
         "or an MLflow model folder (with an MLmodel file at its top)",
         "payload_too_large": "the service refuses uploads above HOKUSAI_MAX_UPLOAD_BYTES",

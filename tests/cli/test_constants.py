@@ -94,8 +94,8 @@ def _service_codes() -> dict[str, int | None]:
     codes: dict[str, int | None] = {
         cls.code: cls.status for cls in [errors.AppError, *_subclasses(errors.AppError)]
     }
-    for status, (code, _title) in errors._HTTP_CODES.items():
-        codes.setdefault(code, status)
+    for status, error in errors.HTTP_ERRORS.items():
+        codes.setdefault(error.code, status)
     source = Path(errors.__file__).read_text()
     for code in re.findall(r'code="([a-z_]+)"', source):
         codes.setdefault(code, None)

@@ -24,8 +24,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support.service import POSTGRES_ADMIN_URL, postgres_available
 from tests.mlflow_server import free_port
+from tests.support.service import POSTGRES_ADMIN_URL, postgres_available
 
 pytestmark = pytest.mark.e2e
 
