@@ -6,9 +6,11 @@ model itself needs (scikit-learn through unpickling, joblib, mlflow). Everything
 the model is loaded is the model author's code; this process is trusted with nothing, and the
 parent validates everything it sends.
 
-Protocol: the job description is a JSON file given as the first argument. The result goes to the
-file descriptor named in it: one JSON line, then, on success, the values as a `.npy` stream
-(`numpy.save(..., allow_pickle=False)`). On failure the JSON line carries the reason and a message.
+Protocol: `runner.py JOB_JSON RESULT_FD`. The runner imports the numeric libraries, writes
+`ready` to RESULT_FD and waits for `go` on stdin (so a sandbox can be started ahead of its job);
+then it reads the job description and writes to RESULT_FD one JSON line and, on success, the
+values as a `.npy` stream (`numpy.save(..., allow_pickle=False)`). On failure the JSON line carries
+the reason and a message.
 """
 
 from __future__ import annotations
@@ -177,13 +179,15 @@ def _warm_up() -> None:
 
 
 def main(argv: list[str]) -> int:
+    out = os.fdopen(int(argv[2]), "wb", buffering=1 << 16)
     _warm_up()
-    # The job is ready when the parent says so; end of input means it no longer needs this one.
+    out.write(b"ready\n")
+    out.flush()
+    # The job is there when the parent says so; end of input means it no longer needs this one.
     if sys.stdin.buffer.readline().strip() != b"go":
         return 0
     with open(argv[1], encoding="utf-8") as fh:
         job = json.load(fh)
-    out = os.fdopen(int(job["result_fd"]), "wb", buffering=1 << 16)
     stage, reason_default = "features", LOAD_FAILED
     clock = time.perf_counter
     seconds: dict[str, float] = {}

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -135,8 +135,9 @@ class SandboxResult:
     values: np.ndarray
     seconds: float
     sandbox: SandboxInfo
-    # Where the time went inside the sandbox, as the sandboxed runner measured it (untrusted,
-    # for reports only): reading the features, loading the model, predicting.
+    # Where the time went, for reports only: `features`, `load` and `predict` as the sandboxed
+    # runner measured them (untrusted), and `startup`, how long the job waited for its sandbox to
+    # come up (not part of `seconds`, which runs from the moment the job was handed over).
     stages: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -618,11 +619,21 @@ def _kill(proc: subprocess.Popen[bytes], uid: int | None) -> None:
 @dataclass
 class _Outcome:
     returncode: int | None = None
+    started: bool = False
+    go_at: float = 0.0
+    ended_at: float = 0.0
     timed_out: bool = False
     too_much: str = ""
     log_bytes: int = 0
     log_tail: bytearray = field(default_factory=bytearray)
     result: bytearray = field(default_factory=bytearray)
+
+
+READY = b"ready\n"
+# How long a sandbox may take to start (interpreter, imports) before its job's clock starts.
+STARTUP_SECONDS = 120.0
+# After the sandboxed process exits, how long to wait for anything it left holding its pipes.
+DRAIN_SECONDS = 1.0
 
 
 def _supervise(
@@ -631,24 +642,34 @@ def _supervise(
     limits: SandboxLimits,
     uid: int | None,
     *,
+    go: Callable[[], None],
     sweep: bool,
 ) -> _Outcome:
-    """Read the model's output and the result channel with caps until both close or time is up."""
+    """Wait for the sandbox to be ready, start its job, then read its output and its result with
+    caps until both close or time is up. The wall clock of the job starts at `go`."""
     outcome = _Outcome()
-    deadline = time.monotonic() + limits.wall_seconds
+    deadline = time.monotonic() + STARTUP_SECONDS
     assert proc.stdout is not None
-    log_fd = proc.stdout.fileno()
     selector = selectors.DefaultSelector()
-    selector.register(log_fd, selectors.EVENT_READ, "log")
+    selector.register(proc.stdout.fileno(), selectors.EVENT_READ, "log")
     selector.register(result_fd, selectors.EVENT_READ, "result")
     open_fds = 2
     try:
         while open_fds:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if not outcome.started and outcome.result.startswith(READY):
+                del outcome.result[: len(READY)]
+                outcome.started, outcome.go_at = True, now
+                deadline = now + limits.wall_seconds
+                go()
+            if proc.poll() is not None and outcome.ended_at == 0.0:
+                outcome.ended_at = now
+                deadline = min(deadline, now + DRAIN_SECONDS)
+            remaining = deadline - now
             if remaining <= 0:
-                outcome.timed_out = True
+                outcome.timed_out = outcome.ended_at == 0.0
                 break
-            for key, _ in selector.select(timeout=min(remaining, 1.0)):
+            for key, _ in selector.select(timeout=min(remaining, 0.25)):
                 chunk = os.read(key.fd, READ_CHUNK)
                 if not chunk:
                     selector.unregister(key.fd)
@@ -694,6 +715,9 @@ def _failure_from(outcome: _Outcome, limits: SandboxLimits) -> SandboxFailure | 
     log = outcome.log_tail.decode("utf-8", errors="replace")
     if outcome.too_much:
         return SandboxFailure("output_too_large", outcome.too_much)
+    if not outcome.started:
+        # Nothing of the model has run yet: the sandbox itself did not come up.
+        return SandboxFailure("killed", f"the sandbox did not start\n{log}")
     if outcome.timed_out:
         return SandboxFailure(
             "timeout", f"still running after {limits.wall_seconds:g} seconds\n{log}"
@@ -788,8 +812,8 @@ def _start_sandbox(info: SandboxInfo, limits: SandboxLimits) -> _Sandbox:
     try:
         launch = _plan(info, job=job, limits=limits, python_argv=[])
         inside = launch.job_inside
-        argv = [*launch.argv, f"{inside}/runner.py", f"{inside}/job.json"]
         read_end, write_end = os.pipe()
+        argv = [*launch.argv, f"{inside}/runner.py", f"{inside}/job.json", str(write_end)]
         try:
             proc = subprocess.Popen(  # noqa: S603 - argv built by this module from fixed tools
                 argv,
@@ -923,30 +947,36 @@ def run_model(
             "features": f"{inside}/features.csv",
             "dtypes": checked,
             "output": output.value,
-            "result_fd": box.result_fd,
         }
         (box.job / "in" / "job.json").write_text(json.dumps(spec), encoding="utf-8")
         (box.job / "in" / "job.json").chmod(0o644)
-        started = time.monotonic()
-        assert box.proc.stdin is not None
-        try:
-            box.proc.stdin.write(b"go\n")
-            box.proc.stdin.close()
-        except OSError:
-            pass  # it died waiting; what it said is read below
+        stdin = box.proc.stdin
+        assert stdin is not None
+
+        def go() -> None:
+            try:
+                stdin.write(b"go\n")
+                stdin.close()
+            except OSError:
+                pass  # it died waiting; what it said is read next
+
+        waiting = time.monotonic()
         outcome = _supervise(
             box.proc,
             box.read_end,
             limits,
             box.launch.uid,
+            go=go,
             sweep=sandbox.mode is SandboxMode.PROCESS,
         )
-        seconds = time.monotonic() - started
+        seconds = time.monotonic() - outcome.go_at
         failure = _failure_from(outcome, limits)
         if failure is not None:
             raise failure
         values = _values_from(outcome, output, expected_rows)
         stages = _stages_from(outcome)
+        # Measured here: how long the job waited for its sandbox to come up (0 for a warm spare).
+        stages["startup"] = max(0.0, outcome.go_at - waiting)
     finally:
         _discard(box)
         _SPARES.refill(sandbox, limits)
