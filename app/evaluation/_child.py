@@ -15,6 +15,7 @@ the reason and a message.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -165,7 +166,7 @@ def _send(out: Any, header: dict[str, Any], array: Any = None) -> None:
 def _warm_up() -> None:
     """Import what most models need while waiting for the job (the service's own runtime only)."""
     import numpy  # noqa: F401
-    import pandas  # noqa: F401
+    import pandas
 
     try:
         import joblib  # noqa: F401
@@ -173,9 +174,16 @@ def _warm_up() -> None:
         import sklearn.linear_model
         import sklearn.pipeline
         import sklearn.preprocessing
-        import sklearn.tree  # noqa: F401
+        import sklearn.tree
     except ImportError:
-        pass
+        return
+    with contextlib.suppress(Exception):
+        # scikit-learn imports what it needs for DataFrames on the first call; make that call here,
+        # on a toy model of our own, not on the clock of the model under evaluation.
+        frame = pandas.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1, 0, 1, 0]})
+        toy = sklearn.linear_model.LogisticRegression().fit(frame, [0, 0, 1, 1])
+        toy.predict_proba(frame)
+        toy.predict(frame)
 
 
 def main(argv: list[str]) -> int:

@@ -858,7 +858,9 @@ class _Spares:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._spare: _Sandbox | None = None
-        self.enabled = True
+        self._enabled = True
+        # Bumped when spares are switched off, so a spare still starting then is thrown away.
+        self._generation = 0
 
     def take(self, info: SandboxInfo, limits: SandboxLimits) -> _Sandbox | None:
         with self._lock:
@@ -872,16 +874,29 @@ class _Spares:
         return None
 
     def refill(self, info: SandboxInfo, limits: SandboxLimits) -> None:
-        if not self.enabled:
-            return
+        with self._lock:
+            if not self._enabled:
+                return
+            generation = self._generation
         try:
             fresh = _start_sandbox(info, limits)
         except (SandboxFailure, OSError):
             return
         with self._lock:
-            old, self._spare = self._spare, fresh
+            if self._enabled and generation == self._generation:
+                old, self._spare = self._spare, fresh
+            else:
+                old = fresh
         if old is not None:
             _discard(old)
+
+    def switch(self, enabled: bool) -> None:
+        with self._lock:
+            self._enabled = enabled
+            if not enabled:
+                self._generation += 1
+        if not enabled:
+            self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -906,9 +921,7 @@ def keep_warm(enabled: bool) -> None:
     A spare costs one idle interpreter with the numeric libraries imported (about 150 MB) and saves
     the next evaluation their start-up, typically 0.5 to 2 seconds.
     """
-    _SPARES.enabled = enabled
-    if not enabled:
-        _SPARES.close()
+    _SPARES.switch(enabled)
 
 
 def prewarm(sandbox: SandboxInfo, limits: SandboxLimits) -> None:
@@ -979,7 +992,10 @@ def run_model(
         stages["startup"] = max(0.0, outcome.go_at - waiting)
     finally:
         _discard(box)
-        _SPARES.refill(sandbox, limits)
+        # The next spare starts off the caller's path (starting a process costs a few ms).
+        threading.Thread(
+            target=_SPARES.refill, args=(sandbox, limits), name="sandbox-spare", daemon=True
+        ).start()
     return SandboxResult(values=values, seconds=seconds, sandbox=sandbox, stages=stages)
 
 
