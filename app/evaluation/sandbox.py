@@ -42,10 +42,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -142,6 +143,8 @@ class SandboxResult:
 
 
 # --- where things are ---------------------------------------------------------------------------
+
+_T = TypeVar("_T")
 
 RUNNER = Path(__file__).with_name("_child.py")
 JOB_INSIDE = "/job"
@@ -717,19 +720,14 @@ def _failure_from(outcome: _Outcome, limits: SandboxLimits) -> SandboxFailure | 
         return SandboxFailure("output_too_large", outcome.too_much)
     if not outcome.started:
         # Nothing of the model has run yet: the sandbox itself did not come up.
-        return SandboxFailure("killed", f"the sandbox did not start\n{log}")
+        return SandboxFailure(
+            "killed", f"the sandbox did not start (exit status {outcome.returncode})\n{log}"
+        )
     if outcome.timed_out:
         return SandboxFailure(
             "timeout", f"still running after {limits.wall_seconds:g} seconds\n{log}"
         )
-    header, _, _ = bytes(outcome.result).partition(b"\n")
-    status: dict[str, Any] = {}
-    if header:
-        try:
-            parsed = json.loads(header)
-            status = parsed if isinstance(parsed, dict) else {}
-        except ValueError:
-            status = {}
+    status, _ = _answer(outcome)
     if status.get("status") == "error":
         reason = str(status.get("reason"))
         message = str(status.get("message", ""))
@@ -759,29 +757,58 @@ def _failure_from(outcome: _Outcome, limits: SandboxLimits) -> SandboxFailure | 
     return SandboxFailure("bad_output", f"the model's process sent an unreadable answer\n{log}")
 
 
-def _values_from(outcome: _Outcome, output: OutputKind, expected_rows: int) -> np.ndarray:
-    _, _, body = bytes(outcome.result).partition(b"\n")
+# The runner's JSON line is a few kB; a longer first line is not the runner's.
+HEADER_BYTES = 64 * 1024
+
+
+def _answer(outcome: _Outcome) -> tuple[dict[str, Any], memoryview]:
+    """The result channel's JSON line (an empty dict when there is none) and what follows it."""
+    data = memoryview(outcome.result)
+    end = outcome.result.find(b"\n", 0, HEADER_BYTES)
+    if end < 0:
+        return {}, data[:0]
     try:
-        values = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+        parsed = json.loads(bytes(data[:end]))
+    except (ValueError, RecursionError):
+        parsed = None
+    return (parsed if isinstance(parsed, dict) else {}), data[end + 1 :]
+
+
+def _values_from(body: memoryview, output: OutputKind, expected_rows: int) -> np.ndarray:
+    """The `.npy` stream checked field by field before a byte of it becomes an array: numpy's own
+    reader would allocate whatever size the header claims."""
+    head = io.BytesIO(bytes(body[: 16 * 1024]))
+    try:
+        version = np.lib.format.read_magic(head)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(head)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(head)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
         raise SandboxFailure("bad_output", f"the values could not be read: {e}") from None
-    if not isinstance(values, np.ndarray) or values.ndim != 1:
-        raise SandboxFailure("bad_output", "the values are not a one-dimensional array")
-    if values.shape[0] != expected_rows:
+    if len(shape) != 1:
+        raise SandboxFailure("bad_output", f"the values have shape {shape}, not one per row")
+    if shape[0] != expected_rows:
         raise SandboxFailure(
-            "wrong_row_count",
-            f"the model returned {values.shape[0]} values for {expected_rows} rows",
+            "wrong_row_count", f"the model returned {shape[0]} values for {expected_rows} rows"
         )
-    if output is OutputKind.SCORE and values.dtype != np.float64:
-        raise SandboxFailure("bad_output", f"scores must be numbers, got {values.dtype}")
-    if values.dtype == np.float64:
+    if dtype.hasobject or not (dtype.kind == "U" or (dtype.kind == "f" and dtype.itemsize == 8)):
+        raise SandboxFailure("bad_output", f"values of dtype {dtype} are not supported")
+    if output is OutputKind.SCORE and dtype.kind != "f":
+        raise SandboxFailure("bad_output", f"scores must be numbers, got {dtype}")
+    offset = head.tell()
+    if len(body) - offset != expected_rows * dtype.itemsize:
+        raise SandboxFailure("bad_output", "the values are cut short or followed by other data")
+    values = np.frombuffer(body, dtype=dtype, count=expected_rows, offset=offset)
+    if dtype.kind == "f":
+        values = values.astype(np.float64)  # a copy, in native byte order
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
             raise SandboxFailure("non_finite", f"{bad} of {expected_rows} values are not finite")
         return values
-    if values.dtype.kind == "U":
-        return values
-    raise SandboxFailure("bad_output", f"predictions of dtype {values.dtype} are not supported")
+    return values.copy()
 
 
 def _check_dtypes(dtypes: Mapping[str, str]) -> dict[str, str]:
@@ -807,7 +834,46 @@ class _Sandbox:
     owner: int = field(default_factory=os.getpid)
 
 
+class _Launcher:
+    """The one long-lived thread that starts every sandbox.
+
+    bubblewrap's `--die-with-parent` (PR_SET_PDEATHSIG) fires when the *thread* that started it
+    ends, not the process. A sandbox started from a short-lived thread (a spare started in the
+    background, a worker thread of a pool that shrinks) would be killed under its model's feet;
+    a thread that lives as long as the process does not end before its sandboxes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _get(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="sandbox-launcher")
+            return self._executor
+
+    def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return self._get().submit(fn, *args).result()
+
+    def post(self, fn: Callable[..., object], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # shutting down: nothing to start any more
+            self._get().submit(fn, *args)
+
+    def forget(self) -> None:
+        """After fork(): the parent's thread does not exist here."""
+        self._lock = threading.Lock()
+        self._executor = None
+
+
+_LAUNCHER = _Launcher()
+
+
 def _start_sandbox(info: SandboxInfo, limits: SandboxLimits) -> _Sandbox:
+    return _LAUNCHER.run(_start_sandbox_here, info, limits)
+
+
+def _start_sandbox_here(info: SandboxInfo, limits: SandboxLimits) -> _Sandbox:
     job = _new_job_folder()
     try:
         launch = _plan(info, job=job, limits=limits, python_argv=[])
@@ -879,7 +945,7 @@ class _Spares:
                 return
             generation = self._generation
         try:
-            fresh = _start_sandbox(info, limits)
+            fresh = _start_sandbox_here(info, limits)  # runs on the launcher's thread
         except (SandboxFailure, OSError):
             return
         with self._lock:
@@ -913,6 +979,7 @@ class _Spares:
 _SPARES = _Spares()
 atexit.register(_SPARES.close)
 os.register_at_fork(after_in_child=_SPARES.forget)
+os.register_at_fork(after_in_child=_LAUNCHER.forget)
 
 
 def keep_warm(enabled: bool) -> None:
@@ -927,7 +994,7 @@ def keep_warm(enabled: bool) -> None:
 def prewarm(sandbox: SandboxInfo, limits: SandboxLimits) -> None:
     """Start the spare sandbox now (at start-up), so the first evaluation is warm too."""
     if sandbox.mode is not SandboxMode.NONE:
-        _SPARES.refill(sandbox, limits)
+        _LAUNCHER.post(_SPARES.refill, sandbox, limits)
 
 
 def run_model(
@@ -986,27 +1053,24 @@ def run_model(
         failure = _failure_from(outcome, limits)
         if failure is not None:
             raise failure
-        values = _values_from(outcome, output, expected_rows)
-        stages = _stages_from(outcome)
+        status, body = _answer(outcome)
+        values = _values_from(body, output, expected_rows)
+        stages = _stages_from(status)
         # Measured here: how long the job waited for its sandbox to come up (0 for a warm spare).
         stages["startup"] = max(0.0, outcome.go_at - waiting)
     finally:
         _discard(box)
         # The next spare starts off the caller's path (starting a process costs a few ms).
-        threading.Thread(
-            target=_SPARES.refill, args=(sandbox, limits), name="sandbox-spare", daemon=True
-        ).start()
+        _LAUNCHER.post(_SPARES.refill, sandbox, limits)
     return SandboxResult(values=values, seconds=seconds, sandbox=sandbox, stages=stages)
 
 
-def _stages_from(outcome: _Outcome) -> dict[str, float]:
-    header, _, _ = bytes(outcome.result).partition(b"\n")
-    try:
-        reported = json.loads(header).get("seconds", {})
-        return {
-            str(k)[:32]: float(v)
-            for k, v in list(reported.items())[:8]
-            if isinstance(v, int | float) and math.isfinite(v)
-        }
-    except (ValueError, AttributeError, TypeError):
+def _stages_from(status: Mapping[str, Any]) -> dict[str, float]:
+    reported = status.get("seconds")
+    if not isinstance(reported, dict):
         return {}
+    return {
+        str(k)[:32]: float(v)
+        for k, v in list(reported.items())[:8]
+        if isinstance(v, int | float) and math.isfinite(v)
+    }

@@ -34,7 +34,10 @@ from app.evaluation.sandbox import (
 ROWS = 240
 DTYPES = {"a": "float64", "b": "float64", "c": "int64"}
 # Generous for a loaded two-core machine; the hostile tests that need a short clock set their own.
-LIMITS = SandboxLimits(wall_seconds=60, memory_mb=2048, cpu_seconds=120)
+# One set of limits for most tests, so that the warm spare sandbox fits the next run.
+LIMITS = SandboxLimits(
+    wall_seconds=60, memory_mb=2048, cpu_seconds=120, max_output_bytes=16 * 2**20
+)
 
 
 def _require(mode: SandboxMode) -> SandboxInfo:
@@ -61,9 +64,10 @@ def process() -> SandboxInfo:
     return _require(SandboxMode.PROCESS)
 
 
-@pytest.fixture(params=[SandboxMode.BUBBLEWRAP, SandboxMode.UNSHARE], ids=str)
+@pytest.fixture(scope="module", params=[SandboxMode.BUBBLEWRAP, SandboxMode.UNSHARE], ids=str)
 def isolated(request: pytest.FixtureRequest) -> SandboxInfo:
-    """Each isolating mode in turn."""
+    """Each isolating mode in turn (module scope: pytest groups the tests by mode, so the warm
+    spare sandbox of one run fits the next)."""
     return _require(request.param)
 
 

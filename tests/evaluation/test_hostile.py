@@ -30,7 +30,7 @@ from app.evaluation.sandbox import (
     SandboxResult,
 )
 
-from .conftest import ROWS, HostileModel, Run
+from .conftest import LIMITS, ROWS, HostileModel, Run
 
 SHORT = SandboxLimits(wall_seconds=3, memory_mb=2048, cpu_seconds=120)
 SPIN = "class M:\n    def predict(self, X):\n        while True:\n            pass\nmodel = M()\n"
@@ -183,8 +183,8 @@ def walk():
     runtime = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, "/usr"})
     found = []
     for top, dirs, files in os.walk("/"):
-        if top in ("/proc", "/sys"):
-            dirs[:] = []
+        if top in ("/proc", "/sys") or top.startswith(runtime):
+            dirs[:] = []  # the read-only runtime: the service's own software, no data
             continue
         found += [os.path.join(top, f) for f in files if f.endswith(".csv")]
     return sorted(f for f in found if not f.startswith(runtime))
@@ -263,6 +263,71 @@ model = M()
 
 
 class TestResourceLimits:
+    def test_allocating_past_the_memory_limit(
+        self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
+    ) -> None:
+        path = hostile_model(
+            """
+class M:
+    def predict(self, X):
+        hoard = np.ones(6 * 2**30, dtype=np.uint8)
+        return np.zeros(len(X)) + hoard[0]
+model = M()
+"""
+        )
+        assert LIMITS.memory_mb < 6 * 1024
+
+        failure = _fails(lambda: run(path, sandbox=bubblewrap), "memory")
+
+        assert "MemoryError" in failure.excerpt or "allocate" in failure.excerpt
+
+    def test_allocating_past_the_memory_limit_while_loading(
+        self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
+    ) -> None:
+        path = hostile_model("hoard = bytearray(6 * 2**30)\nmodel = None\n")
+
+        _fails(lambda: run(path, sandbox=bubblewrap), "memory")
+
+    def test_writing_a_multi_gigabyte_file(
+        self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
+    ) -> None:
+        path = hostile_model(
+            """
+class M:
+    def predict(self, X):
+        block = b"x" * 2**20
+        with open("/tmp/huge.bin", "wb") as fh:
+            for _ in range(4 * 1024):
+                fh.write(block)
+        return np.zeros(len(X))
+model = M()
+"""
+        )
+
+        failure = _fails(lambda: run(path, sandbox=bubblewrap), "output_too_large")
+
+        assert "File too large" in failure.excerpt or "No space left" in failure.excerpt
+
+    def test_printing_gigabytes(
+        self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
+    ) -> None:
+        path = hostile_model(
+            """
+class M:
+    def predict(self, X):
+        block = "x" * 2**20
+        for _ in range(4 * 1024):
+            sys.stdout.write(block)
+        return np.zeros(len(X))
+model = M()
+"""
+        )
+        assert LIMITS.max_output_bytes < 4 * 2**30
+
+        failure = _fails(lambda: run(path, sandbox=bubblewrap), "output_too_large")
+
+        assert "printed more than" in failure.excerpt
+
     def test_a_fork_bomb_is_contained_and_killed(
         self,
         bubblewrap: SandboxInfo,
@@ -308,32 +373,6 @@ model = M()
         assert isinstance(failure, SandboxFailure)
         assert failure.reason == "timeout"
         assert_nothing_left()
-
-    def test_allocating_past_the_memory_limit(
-        self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
-    ) -> None:
-        path = hostile_model(
-            """
-class M:
-    def predict(self, X):
-        hoard = np.ones(6 * 2**30, dtype=np.uint8)
-        return np.zeros(len(X)) + hoard[0]
-model = M()
-"""
-        )
-        limits = SandboxLimits(wall_seconds=60, memory_mb=1024, cpu_seconds=120)
-
-        failure = _fails(lambda: run(path, sandbox=bubblewrap, limits=limits), "memory")
-
-        assert "MemoryError" in failure.excerpt or "allocate" in failure.excerpt
-
-    def test_allocating_past_the_memory_limit_while_loading(
-        self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
-    ) -> None:
-        path = hostile_model("hoard = bytearray(6 * 2**30)\nmodel = None\n")
-        limits = SandboxLimits(wall_seconds=60, memory_mb=1024, cpu_seconds=120)
-
-        _fails(lambda: run(path, sandbox=bubblewrap, limits=limits), "memory")
 
     def test_an_endless_loop_is_killed_at_the_deadline(
         self,
@@ -390,46 +429,6 @@ model = M()
 
         assert "CPU" in failure.excerpt
 
-    def test_writing_a_multi_gigabyte_file(
-        self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
-    ) -> None:
-        path = hostile_model(
-            """
-class M:
-    def predict(self, X):
-        block = b"x" * 2**20
-        with open("/tmp/huge.bin", "wb") as fh:
-            for _ in range(4 * 1024):
-                fh.write(block)
-        return np.zeros(len(X))
-model = M()
-"""
-        )
-
-        failure = _fails(lambda: run(path, sandbox=bubblewrap), "output_too_large")
-
-        assert "File too large" in failure.excerpt or "No space left" in failure.excerpt
-
-    def test_printing_gigabytes(
-        self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
-    ) -> None:
-        path = hostile_model(
-            """
-class M:
-    def predict(self, X):
-        block = "x" * 2**20
-        for _ in range(4 * 1024):
-            sys.stdout.write(block)
-        return np.zeros(len(X))
-model = M()
-"""
-        )
-        limits = SandboxLimits(wall_seconds=60, max_output_bytes=8 * 2**20)
-
-        failure = _fails(lambda: run(path, sandbox=bubblewrap, limits=limits), "output_too_large")
-
-        assert "printed more than" in failure.excerpt
-
 
 class TestOutputs:
     @pytest.mark.parametrize(
@@ -472,6 +471,33 @@ class TestOutputs:
 
         if reason == "raised":
             assert "the model is broken" in failure.excerpt
+
+    def test_a_forged_answer_claiming_a_huge_array_is_refused_unread(
+        self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
+    ) -> None:
+        # The model writes to the result channel itself: an "ok" line and a .npy header claiming
+        # 240 strings of 100 million characters each (about 96 GB), then leaves before the runner.
+        path = hostile_model(
+            """
+import io
+class M:
+    def predict(self, X):
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            head, {"descr": "<U100000000", "fortran_order": False, "shape": (len(X),)}
+        )
+        with os.fdopen(int(sys.argv[2]), "wb") as channel:
+            channel.write(b'{"status": "ok"}\\n' + head.getvalue() + b"x" * 100)
+        os._exit(0)
+model = M()
+"""
+        )
+
+        failure = _fails(
+            lambda: run(path, sandbox=bubblewrap, output=OutputKind.PREDICT), "bad_output"
+        )
+
+        assert "cut short" in failure.excerpt
 
     def test_a_model_that_raises_while_loading(
         self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
