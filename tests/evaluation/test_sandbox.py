@@ -195,6 +195,36 @@ class TestScikitLearnModels:
             sandbox.keep_warm(True)
 
 
+class TestSpares:
+    def test_a_spare_outlives_the_thread_whose_run_started_it(
+        self, bubblewrap: SandboxInfo, run: Run, features: Features, tmp_path: Path
+    ) -> None:
+        import threading
+        import time
+
+        from app.evaluation import sandbox
+
+        model = LogisticRegression().fit(features.train, features.labels)
+        path = tmp_path / "model.pkl"
+        path.write_bytes(pickle.dumps(model))
+        sandbox.keep_warm(False)
+        sandbox.keep_warm(True)
+        worker = threading.Thread(target=run, args=(path,), kwargs={"sandbox": bubblewrap})
+        worker.start()
+        worker.join()
+
+        # bwrap --die-with-parent follows the thread that started it: the spare must not have
+        # been started by that finished thread (nor by any other short-lived one).
+        deadline = time.monotonic() + 60
+        while sandbox._SPARES._spare is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        spare = sandbox._SPARES._spare
+        assert spare is not None
+        time.sleep(0.5)
+        assert spare.proc.poll() is None
+        _close(run(path, sandbox=bubblewrap).values, model.predict_proba(features.frame)[:, 1])
+
+
 class TestInputs:
     def test_a_missing_model_file_is_a_load_failure(
         self, bubblewrap: SandboxInfo, run: Run, tmp_path: Path
