@@ -180,7 +180,7 @@ def main() -> None:
                             f"{med[f'{kind}_load'] * 1000:.0f} ms",
                             f"{med[f'{kind}_predict'] * 1000:.0f} ms",
                             f"{med[f'{kind}_handover'] * 1000:.0f} ms",
-                            f"{max(0.0, total - med['predict']) * 1000:.0f} ms",
+                            f"{(total - med['predict']) * 1000:+.0f} ms",
                             f"{total / med['predict']:.1f}x / {total / med['whole']:.1f}x",
                         ]
                     )
