@@ -163,6 +163,112 @@ def _send(out: Any, header: dict[str, Any], array: Any = None) -> None:
     out.flush()
 
 
+# A seccomp filter, installed before anything else runs: the model gets EPERM for the system calls
+# a numeric model never needs and that widen the kernel's attack surface or the model's reach:
+# new namespaces (unshare, setns, clone with namespace flags), mounts, ptrace and cross-process
+# memory access, BPF, perf events, keyrings, userfaultfd, io_uring, module and kexec loading,
+# swap, reboot, accounting, chroot, quotas and the kernel log. clone3 answers ENOSYS (its flags
+# are out of a filter's reach), so the C library falls back to clone, which is checked.
+_BLOCKED = {
+    # machine: (AUDIT_ARCH_*, {name: number})
+    "x86_64": (
+        0xC000003E,
+        {
+            "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155,
+            "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "bpf": 321,
+            "perf_event_open": 298, "keyctl": 250, "add_key": 248, "request_key": 249,
+            "userfaultfd": 323, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
+            "finit_module": 313, "delete_module": 176, "open_by_handle_at": 304,
+            "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+            "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+            "fspick": 433, "mount_setattr": 442, "acct": 163, "swapon": 167, "swapoff": 168,
+            "reboot": 169, "chroot": 161, "quotactl": 179, "syslog": 103,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41,
+            "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "bpf": 280,
+            "perf_event_open": 241, "keyctl": 219, "add_key": 217, "request_key": 218,
+            "userfaultfd": 282, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
+            "finit_module": 273, "delete_module": 106, "open_by_handle_at": 265,
+            "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+            "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+            "fspick": 433, "mount_setattr": 442, "acct": 89, "swapon": 224, "swapoff": 225,
+            "reboot": 142, "chroot": 51, "quotactl": 60, "syslog": 116,
+        },
+    ),
+}  # fmt: skip
+_CLONE = {"x86_64": 56, "aarch64": 220}
+_CLONE3 = 435
+_X32_BIT = 0x40000000
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+_NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
+_NAMESPACE_FLAGS |= 0x40000000
+
+
+def _seccomp_program(machine: str) -> bytes:
+    import struct
+
+    arch, blocked = _BLOCKED[machine]
+    ld_abs, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+    # (code, jump-if-true label, jump-if-false label, k); labels are resolved below.
+    code: list[tuple[int, str | None, str | None, int]] = [
+        (ld_abs, None, None, 4),  # seccomp_data.arch
+        (jeq, None, "enosys", arch),  # another ABI's numbers mean other calls: refuse them all
+        (ld_abs, None, None, 0),  # seccomp_data.nr
+    ]
+    if machine == "x86_64":
+        code.append((jge, "enosys", None, _X32_BIT))  # the x32 ABI
+    code += [(jeq, "eperm", None, number) for number in sorted(blocked.values())]
+    code += [
+        (jeq, "enosys", None, _CLONE3),
+        (jeq, "clone", None, _CLONE[machine]),
+        (ret, None, None, allow),
+    ]
+    labels = {"clone": len(code)}
+    code += [
+        (ld_abs, None, None, 16),  # the low 32 bits of args[0], the flags (little-endian)
+        (jset, "eperm", None, _NAMESPACE_FLAGS),
+        (ret, None, None, allow),
+    ]
+    labels["eperm"] = len(code)
+    code.append((ret, None, None, eperm))
+    labels["enosys"] = len(code)
+    code.append((ret, None, None, enosys))
+    program = b""
+    for index, (op, true, false, k) in enumerate(code):
+        jt = labels[true] - index - 1 if true else 0
+        jf = labels[false] - index - 1 if false else 0
+        program += struct.pack("=HBBI", op, jt, jf, k)
+    return program
+
+
+def _confine() -> str:
+    """Install the seccomp filter on this process (and all it starts); what happened, in words."""
+    import ctypes
+
+    machine = os.uname().machine
+    if machine not in _BLOCKED or sys.byteorder != "little":
+        return f"no seccomp filter for {machine}"
+    program = _seccomp_program(machine)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
+        return f"no_new_privs failed: errno {ctypes.get_errno()}"
+    if libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(fprog), 0, 0) != 0:
+        return f"seccomp failed: errno {ctypes.get_errno()}"
+    return "seccomp"
+
+
 def _warm_up() -> None:
     """Import what most models need while waiting for the job (the service's own runtime only)."""
     import numpy  # noqa: F401
@@ -188,6 +294,7 @@ def _warm_up() -> None:
 
 def main(argv: list[str]) -> int:
     out = os.fdopen(int(argv[2]), "wb", buffering=1 << 16)
+    confinement = _confine()
     _warm_up()
     out.write(b"ready\n")
     out.flush()
@@ -218,7 +325,8 @@ def main(argv: list[str]) -> int:
         reason = _reason_for(exc, reason_default)
         _send(out, {"status": "error", "reason": reason, "message": message})
         return 1
-    _send(out, {"status": "ok", "rows": int(array.shape[0]), "seconds": seconds}, array)
+    header = {"status": "ok", "rows": int(array.shape[0]), "seconds": seconds}
+    _send(out, {**header, "confinement": confinement}, array)
     return 0
 
 

@@ -19,6 +19,9 @@ Modes, strongest first (`detect_sandbox` probes which ones work on this host):
 - `process`: rlimits and the uid drop only. NOT isolated: the model sees the host's file system and
   network. For development.
 
+In every mode the sandboxed runner installs a seccomp filter (x86_64 and aarch64) before anything
+else runs: no new namespaces, mounts, ptrace, BPF, keyrings, io_uring and the like (`_child.py`).
+
 This module imports the standard library and numpy only, so importing it is cheap.
 """
 
@@ -436,15 +439,15 @@ _PROBE = (
 _DETAILS = {
     SandboxMode.BUBBLEWRAP: (
         "bubblewrap: own mount, pid, network, IPC and UTS namespaces; read-only runtime and job "
-        "folder only; {user}; rlimits; killed whole at the deadline"
+        "folder only; {user}; rlimits; seccomp filter; killed whole at the deadline"
     ),
     SandboxMode.UNSHARE: (
         "unshare: own mount, pid, network, IPC and UTS namespaces; chroot to the read-only runtime "
-        "and job folder only; {user}; rlimits; killed whole at the deadline"
+        "and job folder only; {user}; rlimits; seccomp filter; killed whole at the deadline"
     ),
     SandboxMode.PROCESS: (
-        "process: NOT ISOLATED (development only): a separate process with rlimits{user_short}; "
-        "the model can see the host's files and network"
+        "process: NOT ISOLATED (development only): a separate process with rlimits{user_short} "
+        "and a seccomp filter; the model can see the host's files and network"
     ),
 }
 

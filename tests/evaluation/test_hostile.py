@@ -262,6 +262,57 @@ model = M()
         assert all(line.startswith("DENIED") for line in _reported(result)), _reported(result)
 
 
+class TestKernel:
+    def test_namespaces_mounts_and_ptrace_are_refused_threads_and_fork_work(
+        self, isolated: SandboxInfo, run: Run, hostile_model: HostileModel
+    ) -> None:
+        # Unprivileged user namespaces are allowed on many hosts: without the seccomp filter the
+        # first of these would succeed, and give the model a namespace of its own to attack from.
+        path = hostile_model(
+            """
+import ctypes, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt():
+    seen = []
+    calls = [
+        ("unshare_user", lambda: libc.unshare(0x10000000)),
+        ("unshare_net", lambda: libc.unshare(0x40000000)),
+        ("mount", lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+        ("ptrace", lambda: libc.ptrace(16, os.getppid() or 1, None, None)),
+    ]
+    for name, call in calls:
+        ctypes.set_errno(0)
+        rc = call()
+        seen.append(f"{name} {rc} {ctypes.get_errno()}")
+    box = []
+    worker = threading.Thread(target=lambda: box.append("thread ok"))
+    worker.start()
+    worker.join()
+    seen += box
+    child = os.fork()
+    if child == 0:
+        os._exit(7)
+    seen.append(f"fork {os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])}")
+    return seen
+class M:
+    def predict(self, X):
+        return rows(X, attempt())
+model = M()
+"""
+        )
+
+        result = run(path, sandbox=isolated, output=OutputKind.PREDICT)
+
+        assert _reported(result) == [
+            "unshare_user -1 1",
+            "unshare_net -1 1",
+            "mount -1 1",
+            "ptrace -1 1",
+            "thread ok",
+            "fork 7",
+        ]
+
+
 class TestResourceLimits:
     def test_allocating_past_the_memory_limit(
         self, bubblewrap: SandboxInfo, run: Run, hostile_model: HostileModel
