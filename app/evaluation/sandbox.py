@@ -421,9 +421,16 @@ def _plan(
         return _Launch(argv, _environment(limits), uid, JOB_INSIDE, "/", scratch)
     if info.mode is SandboxMode.PROCESS:
         env = _environment(limits)
-        env["HOME"] = env["TMPDIR"] = env["MPLCONFIGDIR"] = str(job or tempfile.gettempdir())
+        scratch_dir = tempfile.gettempdir()
+        if job is not None:
+            # Not size-capped beyond RLIMIT_FSIZE per file: one more reason this mode is for
+            # development only.
+            (job / "tmp").mkdir(exist_ok=True)
+            (job / "tmp").chmod(0o1777)
+            scratch_dir = str(job / "tmp")
+        env["HOME"] = env["TMPDIR"] = env["MPLCONFIGDIR"] = scratch_dir
         inside = str(job_in) if job_in is not None else "/"
-        return _Launch(inner, env, uid, inside, str(job) if job else "/")
+        return _Launch(inner, env, uid, inside, scratch_dir)
     raise SandboxFailure("killed", "this host cannot run a sandbox")
 
 
