@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -176,13 +177,18 @@ def hostile_model(tmp_path: Path) -> HostileModel:
 
 
 def sandbox_processes() -> dict[int, list[int]]:
-    """Live (not zombie) processes running as a sandbox's own uid, by uid."""
+    """Live (not zombie) processes of this interpreter running as a sandbox's own uid, by uid.
+
+    Other checkouts on the same machine may run sandboxes too: only ours count."""
     found: dict[int, list[int]] = {}
+    ours = sys.executable.encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = (entry / "status").read_text()
+            if not (entry / "cmdline").read_bytes().startswith(ours + b"\0"):
+                continue
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
@@ -191,6 +197,20 @@ def sandbox_processes() -> dict[int, list[int]]:
         if sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SPAN and state != "Z":
             found.setdefault(uid, []).append(int(entry.name))
     return found
+
+
+def _describe(found: dict[int, list[int]]) -> list[str]:
+    lines = []
+    for pids in found.values():
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            keep = [line for line in status if line.split(":")[0] in {"State", "PPid", "NSpid"}]
+            lines.append(f"{pid} {' '.join(keep)} {cmdline[:120]!r}")
+    return lines
 
 
 @pytest.fixture
@@ -206,7 +226,7 @@ def assert_nothing_left() -> Callable[[], None]:
                 if not left:
                     return
                 time.sleep(0.05)
-            raise AssertionError(f"sandbox processes left running: {left}")
+            raise AssertionError(f"sandbox processes left running: {_describe(left)}")
         finally:
             sandbox.keep_warm(True)
 
