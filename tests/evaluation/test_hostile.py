@@ -29,8 +29,7 @@ from app.evaluation.sandbox import (
     SandboxLimits,
     SandboxResult,
 )
-
-from .conftest import LIMITS, ROWS, HostileModel, Run
+from tests.support.evaluation import LIMITS, ROWS, HostileModel, Run
 
 SHORT = SandboxLimits(wall_seconds=3, memory_mb=2048, cpu_seconds=120)
 SPIN = "class M:\n    def predict(self, X):\n        while True:\n            pass\nmodel = M()\n"

@@ -21,8 +21,7 @@ from app.evaluation.sandbox import (
     detect_sandbox,
     run_model,
 )
-
-from .conftest import LIMITS, Features, Run
+from tests.support.evaluation import LIMITS, Features, Run
 
 
 def _close(actual: np.ndarray, expected: np.ndarray) -> None:
