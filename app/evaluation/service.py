@@ -431,6 +431,14 @@ class Measured:
     sandbox: SandboxInfo
 
 
+def sandbox_limits(settings: Settings) -> SandboxLimits:
+    """The limits of every evaluation in this process (its warm spare is started with them)."""
+    return SandboxLimits(
+        wall_seconds=settings.evaluation_timeout_seconds,
+        memory_mb=settings.evaluation_memory_mb,
+    )
+
+
 def output_kind(spec: MetricSpec) -> OutputKind:
     return OutputKind.SCORE if spec.name in SCORE_METRICS else OutputKind.PREDICT
 
@@ -457,10 +465,7 @@ def measure(
         dtypes={column["name"]: column["dtype"] for column in benchmark.features},
         output=output_kind(spec),
         expected_rows=benchmark.rows,
-        limits=SandboxLimits(
-            wall_seconds=settings.evaluation_timeout_seconds,
-            memory_mb=settings.evaluation_memory_mb,
-        ),
+        limits=sandbox_limits(settings),
         sandbox=sandbox,
     )
     predictions = _as_numbers(result.values, spec)

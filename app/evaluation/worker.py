@@ -32,7 +32,7 @@ from app.errors import AppError, EvaluationFailed, InternalError, MlflowFailed
 from app.evaluation import repository
 from app.evaluation.models import Benchmark, EvaluationJob, JobStatus
 from app.evaluation.receipts import load_signer
-from app.evaluation.sandbox import SandboxFailure, detect_sandbox
+from app.evaluation.sandbox import SandboxFailure, detect_sandbox, prewarm
 from app.evaluation.service import (
     RECEIPT_ARTIFACT,
     EvaluationServices,
@@ -45,6 +45,7 @@ from app.evaluation.service import (
     receipt_payload,
     refusal_for_check,
     remove_model,
+    sandbox_limits,
     sandbox_usable,
     signed_receipt,
 )
@@ -549,6 +550,8 @@ async def evaluating(
 ) -> AsyncIterator[Evaluator]:
     """Run evaluation jobs in the background while the block runs."""
     evaluator = Evaluator(registration, evaluation)
+    # The first evaluation gets a sandbox started ahead too, as every later one does.
+    prewarm(evaluation.sandbox, sandbox_limits(evaluation.settings))
     log.info(
         "evaluator_started",
         concurrency=evaluation.settings.evaluation_concurrency,
