@@ -22,6 +22,12 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+# bubblewrap isolates the models the service evaluates (docs/evaluation.md); util-linux's
+# setpriv and prlimit, which the sandbox also uses, are in the base image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 hokusai \
     && useradd --system --uid 10001 --gid hokusai --home-dir /srv --no-create-home hokusai \
     && mkdir -p /srv/data \
