@@ -71,6 +71,7 @@ from app.metrics import (
 )
 from app.registration import repository
 from app.registration.artifacts import (
+    ARCHIVE_FORMATS,
     ArchiveInfo,
     ModelFormat,
     check_content,
@@ -89,7 +90,6 @@ from app.tokens.schemas import normalize_token_id
 
 log = structlog.get_logger(__name__)
 
-ARCHIVE_FORMATS = (ModelFormat.MLFLOW_ZIP, ModelFormat.MLFLOW_TAR)
 DEFAULT_MODEL_PREFIX = "hokusai-"
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
