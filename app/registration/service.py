@@ -162,6 +162,7 @@ class Attempt:
 
     def row(self, status: RegistrationStatus, **values: Any) -> Registration:
         check = self.check
+        sdk_columns: dict[str, Any] = {name: self.sdk_fields.get(name) for name in SDK_FIELDS}
         return Registration(
             id=self.id,
             token_id=self.token_id,
@@ -184,11 +185,7 @@ class Attempt:
             artifact_format=self.format.value if self.format else None,
             api_schema=self.api_schema,
             api_json_schema=self.api_json_schema,
-            proposal_identifier=self.sdk_fields.get("proposal_identifier"),
-            eval_spec=self.sdk_fields.get("eval_spec"),
-            scorer_ref=self.sdk_fields.get("scorer_ref"),
-            primary_metric=self.sdk_fields.get("primary_metric"),
-            benchmark_spec_id=self.sdk_fields.get("benchmark_spec_id"),
+            **sdk_columns,
             model_name=self.model_name,
             model_version=self.model_version,
             model_uri=self.model_uri,
