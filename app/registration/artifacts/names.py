@@ -16,6 +16,7 @@ __all__ = [
     "ALLOWED_EXTENSIONS",
     "ARCHIVE_FORMATS",
     "MAX_NAME_BYTES",
+    "SINGLE_FILE_EXTENSIONS",
     "ModelFormat",
     "forbidden_char",
     "format_for_filename",
@@ -62,6 +63,10 @@ _EXTENSIONS: dict[str, ModelFormat] = {
 ALLOWED_EXTENSIONS: tuple[str, ...] = tuple(_EXTENSIONS)
 # The formats that are MLflow model directories packed as an archive (inspected, then unpacked).
 ARCHIVE_FORMATS = frozenset({ModelFormat.MLFLOW_ZIP, ModelFormat.MLFLOW_TAR})
+# The extensions of a model sent as one file, not as a packed MLflow model folder.
+SINGLE_FILE_EXTENSIONS: tuple[str, ...] = tuple(
+    extension for extension, fmt in _EXTENSIONS.items() if fmt not in ARCHIVE_FORMATS
+)
 
 MAX_NAME_BYTES = 255  # one path component, as most filesystems allow
 
