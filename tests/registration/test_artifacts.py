@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import bz2
 import gzip
 import io
@@ -11,6 +12,7 @@ import os
 import pickle
 import stat
 import struct
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import InvalidModelFile, PayloadTooLarge
+from app.registration import artifacts
 from app.registration.artifacts import (
     ALLOWED_EXTENSIONS,
     HEAD_BYTES,
@@ -939,3 +942,31 @@ class TestExtractionRechecksEveryMember:
                 max_unpacked_bytes=100,
                 max_files=FILES,
             )
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, by its full dotted name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+class TestModuleBoundaries:
+    @pytest.mark.parametrize("module", ["archives", "zipdir"])
+    def test_archive_reading_knows_nothing_of_mlflow(self, module: str) -> None:
+        folder = Path(artifacts.__file__).parent
+        allowed = {
+            "app.errors",
+            "app.registration.artifacts.names",
+            "app.registration.artifacts.zipdir",
+        }
+        imported = imported_modules(folder / f"{module}.py")
+        foreign = {
+            name for name in imported - allowed if name.split(".")[0] not in sys.stdlib_module_names
+        }
+        assert foreign == set()
+        assert "mlmodel" not in (folder / f"{module}.py").read_text().lower()
