@@ -217,12 +217,14 @@ class UploadIncomplete(AppError):
     status = 400
     code = "upload_incomplete"
     title = "The upload did not arrive"
+    example = "the client closed the connection before the upload was complete"
 
 
 class UploadTimedOut(UploadIncomplete):
     status = 408
     code = "request_timeout"
     title = "The upload was too slow"
+    example = "no bytes of the upload arrived for 30 seconds"
 
 
 class PayloadTooLarge(AppError):
@@ -278,6 +280,7 @@ class ValidationFailed(AppError):
 class ModelNameTaken(ValidationFailed):
     code = "model_name_taken"
     title = "The model name belongs to another token"
+    example = "the model name 'hokusai-OTHER' belongs to token OTHER"
 
 
 class UnsupportedMetric(ValidationFailed):

@@ -16,7 +16,7 @@ import pytest
 
 from app.apidocs import SWAGGER_UI_VERSION, render_page
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.service import make_settings
 
 
 class _Elements(HTMLParser):

@@ -48,6 +48,8 @@ _CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "iso-8859-1": "latin-1", "us-asc
 class MultipartError(ValidationFailed):
     """The body is not well-formed multipart/form-data."""
 
+    example = "the part header names 'filename' twice"
+
 
 @dataclass(frozen=True, slots=True)
 class PartHeaders:

@@ -143,6 +143,7 @@ class Recorded:
     size: int
     sha256: str
     head: bytes
+    tail: bytes = b""
 
 
 @dataclass
@@ -163,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        digest, head, left = hashlib.sha256(), bytearray(), length
+        digest, head, tail, left = hashlib.sha256(), bytearray(), b"", length
         while left:
             chunk = self.rfile.read(min(left, 1024 * 1024))
             if not chunk:
@@ -171,6 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
             digest.update(chunk)
             if len(head) < 256 * 1024:
                 head += chunk[: 256 * 1024 - len(head)]
+            tail = (tail + chunk)[-4096:]
             left -= len(chunk)
         scripted = self.scripted
         scripted.requests.append(
@@ -181,6 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
                 size=length - left,
                 sha256=digest.hexdigest(),
                 head=bytes(head),
+                tail=tail,
             )
         )
         index = min(len(scripted.requests), len(scripted.script)) - 1
@@ -193,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(raw)
 
-    do_GET = do_POST = do_PATCH = do_DELETE = _serve
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
 
 @contextmanager

@@ -20,6 +20,10 @@ import pytest
 import typer.main
 
 import cli
+from hokusai_client import config, uploads
+from hokusai_client.commands import errors as cli_errors
+from hokusai_client.commands import output
+from hokusai_client.errors import error_for_status
 from tests.cli.conftest import invoke
 from tests.cli.servers import HOKUSAI, cli_env, run_cli, scripted_server
 from tests.factories import MLMODEL_WITH_SIGNATURE, pickle_bytes
@@ -128,11 +132,15 @@ class TestHelp:
             "events list",
             "events watch",
             "webhooks add",
+            "webhooks create",
             "webhooks list",
             "webhooks remove",
             "webhooks deliveries",
             "webhooks retry",
             "webhooks test",
+            "benchmark upload",
+            "benchmark show",
+            "receipt verify",
         }
 
     @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "hokusai")
@@ -152,7 +160,15 @@ class TestUsageErrors:
     ) -> None:
         preds = tmp_path / "p.csv"
         preds.write_text("y_true,y_pred\n1,1\n")
-        neither = invoke(*register_args(model_file), url="http://127.0.0.1:9")
+        no_benchmark = (
+            404,
+            PROBLEM,
+            problem(404, "benchmark_not_found", "No benchmark", "token XRAY has no benchmark"),
+        )
+        with scripted_server(no_benchmark) as server:
+            neither = invoke(*register_args(model_file), url=server.url)
+        assert [r.path for r in server.requests] == ["/tokens/XRAY/benchmark"]
+        assert "no sealed benchmark" in neither.stderr
         both = invoke(
             *register_args(model_file, "--metric-value", "0.9", "--predictions", str(preds)),
             url="http://127.0.0.1:9",
@@ -217,7 +233,8 @@ class TestExitCodes:
         [
             (401, 3),
             (403, 3),
-            (404, 4),
+            (404, 8),
+            (410, 8),
             (409, 4),
             (400, 5),
             (413, 5),
@@ -230,7 +247,7 @@ class TestExitCodes:
         ],
     )
     def test_maps_each_status_class(self, status: int, code: int) -> None:
-        assert cli.exit_for_status(status) == code
+        assert cli.exit_for_status(status) == code == cli_errors.exit_for_status(status)
 
     def test_unreachable_service_exits_6_after_bounded_retries(self) -> None:
         url = f"http://127.0.0.1:{free_port()}"
@@ -251,7 +268,7 @@ class TestExitCodes:
                 404,
                 PROBLEM,
                 problem(404, "token_not_found", "Token not found", "no token XRAY"),
-                4,
+                8,
                 "error: Token not found: no token XRAY (token_not_found)",
             ),
             (
@@ -368,7 +385,7 @@ class TestRetries:
 
 
 class TestUploadBody:
-    def test_text_fields_come_before_the_file_with_its_sha256(
+    def test_text_fields_come_before_the_file_and_its_sha256_after_it(
         self, model_file: Path, tmp_path: Path
     ) -> None:
         preds = tmp_path / "scores.csv"
@@ -406,9 +423,9 @@ class TestUploadBody:
             "min_improvement",
             "model_name",
             "tags",
-            "sha256",
             "predictions",
             "model_file",
+            "sha256",
         ]
         fields = {
             name: part.split(b"\r\n\r\n", 1)[1][:-2]
@@ -419,7 +436,8 @@ class TestUploadBody:
         assert fields["sha256"].decode() == digest
         assert fields["model_file"] == model_file.read_bytes()
         assert fields["predictions"] == preds.read_bytes()
-        assert b'filename="model.pkl"' in parts[-2]
+        assert b'filename="model.pkl"' in parts[-3]
+        assert b"filename=" not in parts[-2]  # the digest is a plain field, after the file
 
     def test_streams_200_mib_with_flat_memory(self, tmp_path: Path) -> None:
         big = tmp_path / "big.bin"
@@ -449,19 +467,19 @@ class TestUploadBody:
 
 
 class TestPacking:
-    @pytest.mark.parametrize("fmt", list(cli.PackFormat))
+    @pytest.mark.parametrize("fmt", list(uploads.PackFormat))
     def test_packs_reproducibly_with_mlmodel_at_the_root(
-        self, model_folder: Path, tmp_path: Path, fmt: cli.PackFormat
+        self, model_folder: Path, tmp_path: Path, fmt: uploads.PackFormat
     ) -> None:
         first, second = tmp_path / "a", tmp_path / "b"
         first.mkdir()
         second.mkdir()
-        a = cli.pack_folder(model_folder, first, fmt)
+        a = uploads.pack_folder(model_folder, first, fmt)
         os.utime(model_folder / "model.pkl", (1, 1))  # touching a file changes nothing
-        b = cli.pack_folder(model_folder, second, fmt)
+        b = uploads.pack_folder(model_folder, second, fmt)
         assert a.name == b.name == f"my_model.{fmt.value}"
-        assert cli.sha256_file(a) == cli.sha256_file(b)
-        if fmt is cli.PackFormat.TAR_GZ:
+        assert uploads.sha256_file(a) == uploads.sha256_file(b)
+        if fmt is uploads.PackFormat.TAR_GZ:
             with tarfile.open(a) as tar:
                 members = {m.name: m for m in tar.getmembers()}
                 assert tar.extractfile("MLmodel").read().decode() == MLMODEL_WITH_SIGNATURE
@@ -487,7 +505,7 @@ class TestApiKey:
     def test_flag_or_environment_wins(self, tmp_path: Path) -> None:
         (tmp_path / "dev-api-key").write_text("hok_file\n")
         env = {"HOKUSAI_DATA_DIR": str(tmp_path)}
-        assert cli.resolve_api_key(
+        assert config.resolve_api_key(
             " hok_given ", "HOKUSAI_API_KEY", "http://127.0.0.1:8000", env
         ) == (
             "hok_given",
@@ -497,7 +515,7 @@ class TestApiKey:
     def test_reads_the_dev_key_of_hokusai_data_dir(self, tmp_path: Path) -> None:
         (tmp_path / "dev-api-key").write_text("hok_file\n")
         env = {"HOKUSAI_DATA_DIR": str(tmp_path)}
-        key = cli.resolve_api_key(None, None, "http://localhost:8000", env)
+        key = config.resolve_api_key(None, None, "http://localhost:8000", env)
         assert key == ("hok_file", str(tmp_path / "dev-api-key"))
 
     def test_falls_back_to_the_hokusai_folder_here(
@@ -506,7 +524,7 @@ class TestApiKey:
         (tmp_path / ".hokusai").mkdir()
         (tmp_path / ".hokusai" / "dev-api-key").write_text("hok_here")
         monkeypatch.chdir(tmp_path)
-        assert cli.resolve_api_key(None, None, "http://127.0.0.1:8000", {}) == (
+        assert config.resolve_api_key(None, None, "http://127.0.0.1:8000", {}) == (
             "hok_here",
             ".hokusai/dev-api-key",
         )
@@ -514,7 +532,10 @@ class TestApiKey:
     def test_never_sends_the_dev_key_off_this_machine(self, tmp_path: Path) -> None:
         (tmp_path / "dev-api-key").write_text("hok_file")
         env = {"HOKUSAI_DATA_DIR": str(tmp_path)}
-        assert cli.resolve_api_key(None, None, "https://hokusai.example.com", env) == (None, None)
+        assert config.resolve_api_key(None, None, "https://hokusai.example.com", env) == (
+            None,
+            None,
+        )
 
     def test_sends_the_key_as_a_bearer_token(self, tmp_path: Path) -> None:
         (tmp_path / "dev-api-key").write_text("hok_dev_key\n")
@@ -600,7 +621,7 @@ class TestOutput:
                 "baseline_value": 0.82,
             },
         }
-        assert cli.event_line(event).split() == [
+        assert output.event_line(event).split() == [
             "7",
             "2026-11-27",
             "10:05:00",
@@ -621,7 +642,10 @@ class TestOutput:
             json=problem(409, "token_not_registrable", "Wrong status", "XRAY is deployed"),
             headers=PROBLEM,
         )
-        error = cli.problem_error(response, api_url="http://x", token_id="XRAY")
+        raised = error_for_status(
+            409, response.json(), text=response.text, reason="Conflict", api_url="http://x"
+        )
+        error = cli_errors.cli_error(raised, api_url="http://x", token_id="XRAY")
         assert error.exit_code == cli.Exit.CONFLICT
         assert error.message == "Wrong status: XRAY is deployed (token_not_registrable)"
         assert error.hint is not None and "hokusai model status --token-id XRAY" in error.hint

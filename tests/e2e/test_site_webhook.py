@@ -19,10 +19,10 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import POSTGRES_ADMIN_URL
 from tests.factories import mlflow_zip
 from tests.mlflow_server import free_port
 from tests.site_receiver import parse_site_body, site_responder, site_signature_ok
+from tests.support.service import POSTGRES_ADMIN_URL
 from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -21,9 +21,9 @@ from pydantic import SecretStr
 from app.events.dispatcher import Dispatcher, sync_static_endpoint
 from app.events.webhooks.sender import WebhookSender
 from app.events.webhooks.site_format import site_timestamp
-from tests.conftest import Api
 from tests.factories import create_token, mlflow_zip, register, tags_field
 from tests.site_receiver import dedupe_key, parse_site_body, site_responder, site_signature_ok
+from tests.support.service import Api
 from tests.webhook_receiver import Reply, WebhookReceiver
 
 SITE_SECRET = "site-shared-secret-3q8Zk2Vn7Rt5Lw9P"

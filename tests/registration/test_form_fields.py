@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Api
 from tests.factories import create_token, pickle_bytes
+from tests.support.service import Api
 
 BOUNDARY = "----WebKitFormBoundaryhokusaiTest"
 PREDICTIONS = b"y_true,y_score\n1,0.9\n0,0.2\n1,0.7\n0,0.4\n"

@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
 
-from tests.conftest import Api
 from tests.factories import create_token, mlflow_zip, register, tags_field
+from tests.support.service import Api
 
 FIELDS = {
     "proposal_identifier": "prop-2026-0042",

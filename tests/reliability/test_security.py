@@ -25,8 +25,8 @@ from app.main import create_app
 from app.manage import migrate
 from app.registration.multipart import MAX_HEADER_BYTES
 from app.registration.upload import MAX_PARTS
-from tests.conftest import Api, make_settings
 from tests.factories import create_token, pickle_bytes, register
+from tests.support.service import Api, make_settings
 
 PROBLEM = "application/problem+json"
 CSV = b"y_true,y_score\n1,0.9\n0,0.2\n1,0.7\n0,0.4\n"

@@ -24,8 +24,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import POSTGRES_ADMIN_URL, _postgres_available
 from tests.mlflow_server import free_port
+from tests.support.service import POSTGRES_ADMIN_URL, postgres_available
 
 pytestmark = pytest.mark.e2e
 
@@ -149,7 +149,7 @@ def server(
         with running_server(data_dir, None) as server:
             yield server
         return
-    if not _postgres_available():
+    if not postgres_available():
         pytest.skip("PostgreSQL is not reachable")
     name = f"hokusai_sec_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:

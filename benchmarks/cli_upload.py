@@ -1,0 +1,291 @@
+"""`hokusai model register` against `curl -F` of the same file to the same service.
+
+Starts `hokusai-registry serve` on a fresh data folder (embedded defaults) and, for each size,
+registers the same model file alternately with curl (the service's own cost, sent by a client that
+costs the machine little) and with the `hokusai` CLI as a data scientist runs it (a new process,
+progress off, output to a pipe), each to a fresh token. For each it records the wall time, the
+client's CPU time and peak resident memory (wait4), and the service's CPU time (/proc), and
+prints the medians and the ratio of the wall times.
+
+    .venv/bin/python benchmarks/cli_upload.py [--sizes 512,1024] [--repeat 5]   (MiB)
+
+Target (issue 15): the CLI takes at most 1.15 x curl's time. On a machine shared with other work
+the wall times scatter widely; the CPU times are the steadier figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.harness import (
+    BIN,
+    Report,
+    Target,
+    markdown_table,
+    migrate_and_create_key,
+    print_machine,
+    serve,
+    service_env,
+    stop,
+    wait_ready,
+)
+
+MIB = 1024 * 1024
+PICKLE_HEAD = b"\x80\x05\x95"
+TARGET = 1.15
+FIELDS = {"metric": "auroc", "baseline": "0.82", "metric_value": "0.86"}
+FIELDS_TYPED = {"metric": "auroc", "baseline": 0.82, "metric_value": 0.86}
+TIME = Path("/usr/bin/time").is_file()
+
+
+@dataclass
+class Run:
+    wall: float
+    client_cpu: float
+    client_peak_mib: float
+    server_cpu: float
+
+
+@dataclass
+class Figures:
+    size_mib: int
+    curl: list[Run] = field(default_factory=list)
+    cli: list[Run] = field(default_factory=list)
+    library: list[Run] = field(default_factory=list)
+
+    @staticmethod
+    def median(runs: list[Run], name: str) -> float:
+        return statistics.median(getattr(run, name) for run in runs)
+
+    @property
+    def ratio(self) -> float:
+        return self.median(self.cli, "wall") / self.median(self.curl, "wall")
+
+
+def _write_model(path: Path, size: int) -> None:
+    chunk = 16 * MIB
+    with path.open("wb") as file:
+        file.write(PICKLE_HEAD)
+        left = size - len(PICKLE_HEAD)
+        while left > 0:
+            file.write(os.urandom(min(chunk, left)))
+            left -= chunk
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run(command: list[str], env: dict[str, str], server_pid: int) -> tuple[Run, str]:
+    """Run a client to its end: its figures, and what it printed.
+
+    The client runs under /usr/bin/time, a small C parent, when there is one: Linux carries a
+    parent's peak memory over fork and exec, so this (larger) Python process cannot measure a
+    child's peak itself.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as timed:
+        wrapper = ["/usr/bin/time", "-o", timed.name, "-f", "%M %U %S"] if TIME else []
+        server_before = _cpu_seconds(server_pid)
+        began = time.perf_counter()
+        process = subprocess.Popen(
+            [*wrapper, *command], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - began
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        printed = out.read().decode(errors="replace")
+        if TIME:
+            peak_kib, user, system = timed.read().split()[-3:]
+            peak, cpu = int(peak_kib) / 1024, float(user) + float(system)
+        else:
+            peak, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    if process.returncode != 0:
+        raise SystemExit(f"{command[0]} failed ({process.returncode}): {printed[-500:]}")
+    run = Run(
+        wall=wall,
+        client_cpu=cpu,
+        client_peak_mib=peak,
+        server_cpu=_cpu_seconds(server_pid) - server_before,
+    )
+    return run, printed
+
+
+def _token(client: httpx.Client) -> str:
+    token_id = f"CLI-{uuid.uuid4().hex[:8].upper()}"
+    client.post("/tokens", json={"token_id": token_id}).raise_for_status()
+    return token_id
+
+
+def _curl(client: httpx.Client, url: str, key: str, path: Path, server_pid: int) -> Run:
+    command = [
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        f"Authorization: Bearer {key}",
+        *(arg for name, value in FIELDS.items() for arg in ("-F", f"{name}={value}")),
+        "-F",
+        f"model_file=@{path};filename=model.pkl",
+        f"{url}/models/{_token(client)}/register",
+    ]
+    run, printed = _run(command, dict(os.environ), server_pid)
+    if printed.strip() != "201":
+        raise SystemExit(f"curl registration answered {printed.strip()}")
+    return run
+
+
+def _cli(client: httpx.Client, url: str, key: str, path: Path, server_pid: int) -> Run:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOKUSAI_")}
+    env.update({"HOKUSAI_API_URL": url, "HOKUSAI_API_KEY": key})
+    command = [
+        str(BIN / "hokusai"),
+        "model",
+        "register",
+        "--token-id",
+        _token(client),
+        "--model-path",
+        str(path),
+        *(arg for name, value in FIELDS.items() for arg in (f"--{name.replace('_', '-')}", value)),
+        "--no-progress",
+        "--json",
+    ]
+    run, _ = _run(command, env, server_pid)
+    return run
+
+
+def _library(client: httpx.Client, url: str, key: str, path: Path, server_pid: int) -> Run:
+    """HokusaiClient.register_model in this process: the CLI without the interpreter start-up."""
+    from hokusai_client import HokusaiClient
+
+    token_id = _token(client)
+    with HokusaiClient(url, key) as library:
+        server_before = _cpu_seconds(server_pid)
+        times = os.times()
+        began = time.perf_counter()
+        library.register_model(token_id, path, **FIELDS_TYPED)  # type: ignore[arg-type]
+        wall = time.perf_counter() - began
+        after = os.times()
+    return Run(
+        wall=wall,
+        client_cpu=after.user - times.user + after.system - times.system,
+        client_peak_mib=0.0,
+        server_cpu=_cpu_seconds(server_pid) - server_before,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="512,1024", help="model sizes in MiB")
+    parser.add_argument("--repeat", type=int, default=5, help="registrations per client and size")
+    parser.add_argument("--report", help="write the figures as JSON here (for run_all.py)")
+    args = parser.parse_args()
+    if shutil.which("curl") is None:
+        raise SystemExit("curl is needed for the comparison")
+    sizes = [int(size) for size in args.sizes.split(",")]
+
+    results: list[Figures] = []
+    with tempfile.TemporaryDirectory(prefix="hokusai-bench-") as tmp:
+        root = Path(tmp)
+        env = service_env(str(root / "service"), HOKUSAI_MAX_UPLOAD_BYTES=str(2 * max(sizes) * MIB))
+        key = migrate_and_create_key(env)
+        server, url = serve(env)
+        try:
+            wait_ready(url, server)
+            with httpx.Client(
+                base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600
+            ) as client:
+                warmup = root / "warmup.pkl"
+                _write_model(warmup, MIB)
+                _curl(client, url, key, warmup, server.pid)
+                _cli(client, url, key, warmup, server.pid)
+                for size in sizes:
+                    path = root / f"model-{size}.pkl"
+                    _write_model(path, size * MIB)
+                    os.sync()
+                    figures = Figures(size)
+                    for _ in range(args.repeat):  # alternating, so both see the same conditions
+                        figures.curl.append(_curl(client, url, key, path, server.pid))
+                        figures.cli.append(_cli(client, url, key, path, server.pid))
+                        figures.library.append(_library(client, url, key, path, server.pid))
+                    results.append(figures)
+                    path.unlink()
+        finally:
+            stop(server)
+
+    header = [
+        "model",
+        "client",
+        "wall (median)",
+        "client CPU",
+        "client peak RSS",
+        "service CPU",
+        "wall ratio",
+    ]
+    rows = []
+    for r in results:
+        for name, runs in (
+            ("curl -F", r.curl),
+            ("hokusai model register", r.cli),
+            ("HokusaiClient.register_model, in process", r.library),
+        ):
+            rows.append(
+                [
+                    f"{r.size_mib} MiB",
+                    name,
+                    f"{Figures.median(runs, 'wall'):.2f} s",
+                    f"{Figures.median(runs, 'client_cpu'):.2f} s",
+                    f"{max(run.client_peak_mib for run in runs):.0f} MiB"
+                    if runs is not r.library
+                    else "",
+                    f"{Figures.median(runs, 'server_cpu'):.2f} s",
+                    f"{Figures.median(runs, 'wall') / Figures.median(r.curl, 'wall'):.2f}"
+                    if runs is not r.curl
+                    else "",
+                ]
+            )
+    print_machine()
+    print(f"load average before the report: {os.getloadavg()[0]:.1f}")
+    for r in results:
+        print(
+            f"{r.size_mib} MiB wall: curl {', '.join(f'{x.wall:.2f}' for x in r.curl)} s; "
+            f"hokusai {', '.join(f'{x.wall:.2f}' for x in r.cli)} s; "
+            f"library {', '.join(f'{x.wall:.2f}' for x in r.library)} s"
+        )
+    print(markdown_table(header, rows))
+    print(f"target: hokusai model register <= {TARGET} x curl (wall)")
+    Report(
+        title="The CLI's upload against curl",
+        command="python benchmarks/cli_upload.py",
+        section=markdown_table(header, rows),
+        targets=[
+            Target(
+                name=f"CLI end to end, {r.size_mib} MiB",
+                measured=f"{r.ratio:.2f} x curl",
+                goal=f"<= {TARGET} x curl",
+                met=r.ratio <= TARGET,
+            )
+            for r in results
+        ],
+    ).save(args.report)
+
+
+if __name__ == "__main__":
+    main()

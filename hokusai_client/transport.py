@@ -1,0 +1,244 @@
+"""One request to the service, with bounded retries of transient failures (through stamina).
+
+What is retried: a connection that could not be made; a connection lost or an answer timed out,
+when repeating the request is harmless (a GET, or a registration under its Idempotency-Key); a 503
+or 429 with `Retry-After` (honoured up to 30 s); and a 409 `registration_in_progress` after such a
+loss, which is most likely the first attempt still running. Everything else is answered at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import stamina
+
+from hokusai_client.errors import (
+    ApiError,
+    ConnectionFailed,
+    UnexpectedResponse,
+    UsageError,
+    error_for_status,
+)
+
+if TYPE_CHECKING:
+    from stamina import Attempt
+
+MAX_RETRY_AFTER = 30.0
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 8.0
+BACKOFF_JITTER = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class RetryNotice:
+    """Told to `on_retry` before the client waits and tries again."""
+
+    attempt: int  # the attempt that failed, from 1
+    attempts: int  # how many attempts in all
+    wait: float  # seconds until the next one (at least; stamina adds jitter to a back-off)
+    reason: str
+    exact: bool  # the wait is the service's Retry-After, not a jittered back-off
+
+
+OnRetry = Callable[[RetryNotice], None]
+
+
+class ServiceJSON(dict[str, Any]):
+    """A JSON object the service answered, with the body as it came (`text`) and its status."""
+
+    def __init__(self, body: Mapping[str, Any], *, text: str, status_code: int) -> None:
+        super().__init__(body)
+        self.text = text
+        self.status_code = status_code
+
+
+class _RetryableAnswer(Exception):
+    def __init__(self, response: httpx.Response, wait: float | None, reason: str) -> None:
+        super().__init__(reason)
+        self.response = response
+        self.wait = wait
+        self.reason = reason
+
+
+def describe(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def problem_of(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def api_error(response: httpx.Response, api_url: str) -> ApiError:
+    problem = problem_of(response)
+    return error_for_status(
+        response.status_code,
+        problem if problem.get("code") else {},
+        text=response.text,
+        reason=response.reason_phrase,
+        api_url=api_url,
+    )
+
+
+def json_of(response: httpx.Response) -> ServiceJSON:
+    """The answer's JSON object, keeping the body as it came."""
+    try:
+        body = response.json()
+    except ValueError as e:
+        raise UnexpectedResponse(
+            f"the service answered HTTP {response.status_code} with a body that is not JSON",
+            status=response.status_code,
+            text=response.text[:300],
+        ) from e
+    if not isinstance(body, dict):
+        raise UnexpectedResponse(
+            f"the service answered HTTP {response.status_code} with JSON that is not an object",
+            status=response.status_code,
+            text=response.text[:300],
+        )
+    return ServiceJSON(body, text=response.text, status_code=response.status_code)
+
+
+class Transport:
+    """An httpx.Client plus the retry policy above."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        *,
+        api_url: str,
+        timeout: float,
+        retries: int,
+        on_retry: OnRetry | None,
+    ) -> None:
+        self.http = http
+        self.api_url = api_url
+        self.timeout = timeout
+        self.retries = retries
+        self.on_retry = on_retry
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        expected: Sequence[int] = (200,),
+        idempotent: bool | None = None,
+        read_timeout: float | None = None,
+        retries: int | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send one request (again, within the policy); the answer if its status is `expected`,
+        else the ApiError for it."""
+        idempotent = method == "GET" if idempotent is None else idempotent
+        attempts = 1 + (self.retries if retries is None else retries)
+        timeout = httpx.Timeout(
+            self.timeout, connect=min(self.timeout, 10.0), read=read_timeout or self.timeout
+        )
+        params = kwargs.pop("params", None)
+        if params:
+            kwargs["params"] = {k: v for k, v in params.items() if v is not None}
+        current: Attempt | None = None
+        sent_before = False
+
+        def decide(error: Exception) -> bool | float:
+            nonlocal sent_before
+            assert current is not None
+            if isinstance(error, httpx.UnsupportedProtocol):
+                return False
+            if isinstance(error, httpx.TransportError):
+                reached = not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+                sent_before = sent_before or reached
+                if reached and not idempotent:
+                    return False
+                wait, reason = None, describe(error)
+            elif isinstance(error, _RetryableAnswer):
+                wait, reason = error.wait, error.reason
+            else:
+                return False
+            if current.num >= attempts:
+                return False
+            exact = wait is not None
+            wait = min(max(wait, 0.0), MAX_RETRY_AFTER) if wait is not None else current.next_wait
+            if self.on_retry is not None:
+                self.on_retry(RetryNotice(current.num, attempts, wait, reason, exact))
+            return wait if exact else True
+
+        try:
+            for attempt in stamina.retry_context(
+                on=decide,
+                attempts=attempts,
+                timeout=None,
+                wait_initial=BACKOFF_INITIAL,
+                wait_max=BACKOFF_MAX,
+                wait_jitter=BACKOFF_JITTER,
+            ):
+                current = attempt
+                with attempt:
+                    response = self.http.request(method, path, timeout=timeout, **kwargs)
+                    self._raise_if_retryable(response, sent_before=sent_before)
+                    return self._expect(response, expected)
+        except _RetryableAnswer as e:
+            return self._expect(e.response, expected)
+        except httpx.UnsupportedProtocol as e:
+            raise UsageError(f"--api-url: {e}") from e
+        except httpx.TransportError as e:
+            reached = not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
+            if not reached:
+                message = f"cannot reach the service at {self.api_url} ({describe(e)})"
+            else:
+                message = (
+                    f"the connection to {self.api_url} failed before an answer came ({describe(e)})"
+                )
+            raise ConnectionFailed(message, api_url=self.api_url, reached=reached) from e
+        raise AssertionError("unreachable: stamina either returns or raises")  # pragma: no cover
+
+    @staticmethod
+    def _raise_if_retryable(response: httpx.Response, *, sent_before: bool) -> None:
+        status = response.status_code
+        wait = retry_after(response)
+        if status in (429, 503) and wait is not None:
+            raise _RetryableAnswer(response, wait, f"HTTP {status}")
+        if (
+            status == 409
+            and sent_before
+            and problem_of(response).get("code") == "registration_in_progress"
+        ):
+            raise _RetryableAnswer(response, None, "the first attempt is still running")
+
+    def _expect(self, response: httpx.Response, expected: Sequence[int]) -> httpx.Response:
+        if response.status_code in expected:
+            return response
+        if response.status_code < 400:
+            raise UnexpectedResponse(
+                f"the service answered HTTP {response.status_code}, not "
+                + " or ".join(map(str, expected)),
+                status=response.status_code,
+                text=response.text[:300],
+            )
+        raise api_error(response, self.api_url)
