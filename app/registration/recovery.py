@@ -105,7 +105,7 @@ async def recover_stale(
         _remove_abandoned_uploads,
         services.settings.upload_dir,
         now.timestamp() - lease,
-        running_attempts(),
+        running_attempts(services),
     )
     if stale or report.uploads_removed:
         log.info(
