@@ -22,8 +22,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
-# bubblewrap isolates the models the service evaluates (docs/evaluation.md). Inside a container it
-# needs user namespaces (or the unshare fallback, CAP_SYS_ADMIN); /ready reports what works.
+# bubblewrap isolates the models the service evaluates (docs/evaluation.md); util-linux's
+# setpriv and prlimit, which the sandbox also uses, are in the base image.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap \

@@ -83,11 +83,6 @@ class Settings(BaseSettings):
         "last (408 after)",
     )
     registration_lease_seconds: int = Field(default=900, gt=0)
-    test_pause_at: str | None = Field(
-        default=None,
-        description="test only (honoured when ENV is test): a registration stage at which the "
-        "process writes DATA_DIR/paused-<stage> and stalls, so a test can kill it there",
-    )
     shutdown_grace_seconds: int = Field(
         default=90,
         gt=0,

@@ -31,6 +31,7 @@ from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from app.observability import refreshing_backlog
 from app.openapi import install_openapi
+from app.registration.hooks import NO_HOOKS, RegistrationHooks
 from app.registration.recovery import recovery_loop
 from app.registration.router import router as registration_router
 from app.registration.service import RegistrationServices
@@ -50,8 +51,14 @@ Authenticate with `Authorization: Bearer <api key>` or `X-API-Key`. Errors are
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application; `settings` defaults to the environment's."""
+def create_app(
+    settings: Settings | None = None, *, registration_hooks: RegistrationHooks = NO_HOOKS
+) -> FastAPI:
+    """Build the application; `settings` defaults to the environment's.
+
+    `registration_hooks` are called as a registration passes its stages (app.registration.hooks);
+    the service's own do nothing.
+    """
     settings = settings or get_settings()
     configure_logging(level=settings.log_level, json=settings.json_logs)
 
@@ -91,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 mlflow=mlflow,
                 mlflow_limiter=limiter,
                 evaluations=evaluation,
+                hooks=registration_hooks,
             )
             try:
                 # Prepare the experiment now so the first registration does not pay for it; a

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 
 from app.config import get_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+# What `serve` runs: an import string, or a function that builds the app (one worker only).
+AppFactory = str | Callable[[], "FastAPI"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -34,7 +43,7 @@ def migrate(database_url: str | None = None) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(args: argparse.Namespace, app_factory: AppFactory) -> None:
     """Serve until SIGTERM or SIGINT, then drain: see `_exit_after_drain`."""
     import signal
 
@@ -47,7 +56,7 @@ def _serve(args: argparse.Namespace) -> None:
         _ensure_dev_api_key()
     signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
-        "app.main:create_app",
+        app_factory,
         factory=True,
         host=args.host,
         port=args.port,
@@ -176,7 +185,8 @@ def _create_api_key(args: argparse.Namespace) -> None:
     print(key)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, app_factory: AppFactory = "app.main:create_app") -> None:
+    """The command line; `app_factory` is what `serve` builds the application with."""
     parser = argparse.ArgumentParser(prog="hokusai-registry", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -185,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
     serve.add_argument("--no-migrate", action="store_true", help="skip `migrate` at start")
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=functools.partial(_serve, app_factory=app_factory))
 
     worker = commands.add_parser(
         "worker",

@@ -114,7 +114,7 @@ async def recover_stale(
         _remove_abandoned_uploads,
         services.settings.upload_dir,
         now.timestamp() - lease,
-        running_attempts(),
+        running_attempts(services),
     )
     async with services.database.transaction(read_only=True) as session:
         live = frozenset(await evaluations.live_job_ids(session))

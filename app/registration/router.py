@@ -37,6 +37,7 @@ from app.evaluation import service as evaluation
 from app.metrics.registry import METRICS
 from app.openapi import REQUEST_NOT_VALID, problem_responses
 from app.registration import sdk_fields, service
+from app.registration.artifacts.names import SINGLE_FILE_EXTENSIONS
 from app.registration.models import RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
 from app.tokens.schemas import TOKEN_ID_RULE
@@ -112,9 +113,8 @@ _FORM_SCHEMA: dict[str, Any] = {
             "type": "string",
             "format": "binary",
             "contentMediaType": "application/octet-stream",
-            "description": "The model: one file (.pkl, .joblib, .onnx, .pt, .pth, .safetensors, "
-            ".h5, .keras, .json, .ubj, .txt, .bin) or an MLflow model folder packed as .zip or "
-            ".tar.gz with an MLmodel file at its root.",
+            "description": f"The model: one file ({', '.join(SINGLE_FILE_EXTENSIONS)}) or an "
+            "MLflow model folder packed as .zip or .tar.gz with an MLmodel file at its root.",
         },
     },
 }

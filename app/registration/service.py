@@ -33,7 +33,7 @@ from starlette.requests import Request
 from app import observability
 from app.auth.service import Principal
 from app.clients.mlflow import MlflowError, MlflowRegistry
-from app.config import Environment, Settings
+from app.config import Settings
 from app.db import Database, utcnow
 from app.errors import (
     AppError,
@@ -71,6 +71,7 @@ from app.metrics import (
 )
 from app.registration import repository
 from app.registration.artifacts import (
+    ARCHIVE_FORMATS,
     ArchiveInfo,
     ModelFormat,
     check_content,
@@ -78,6 +79,7 @@ from app.registration.artifacts import (
     format_for_filename,
     inspect_archive,
 )
+from app.registration.hooks import NO_HOOKS, RegistrationHooks, Stage
 from app.registration.json_schema import signature_json_schema
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
@@ -89,7 +91,6 @@ from app.tokens.schemas import normalize_token_id
 
 log = structlog.get_logger(__name__)
 
-ARCHIVE_FORMATS = (ModelFormat.MLFLOW_ZIP, ModelFormat.MLFLOW_TAR)
 DEFAULT_MODEL_PREFIX = "hokusai-"
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -99,10 +100,6 @@ MAX_TAG_VALUE = 5000
 RESERVED_TAG_PREFIXES = ("hokusai.", "hokusai_", "mlflow.")
 # Codes that announce a refused check with `model_validation_failed`.
 _VALIDATION_STATUSES = (413, 422)
-# How long a test pause point stalls at most before the registration goes on.
-_MAX_PAUSE_SECONDS = 300.0
-# The attempts this process is running; their upload folders are not abandoned however old.
-_running: set[str] = set()
 
 
 class Evaluations(Protocol):
@@ -133,6 +130,9 @@ class RegistrationServices:
     mlflow: MlflowRegistry
     mlflow_limiter: CapacityLimiter
     evaluations: Evaluations | None = None
+    hooks: RegistrationHooks = NO_HOOKS
+    # The attempts this process is running; their upload folders are not abandoned however old.
+    running: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -188,6 +188,7 @@ class Attempt:
 
     def row(self, status: RegistrationStatus, **values: Any) -> Registration:
         check = self.check
+        sdk_columns: dict[str, Any] = {name: self.sdk_fields.get(name) for name in SDK_FIELDS}
         return Registration(
             id=self.id,
             token_id=self.token_id,
@@ -211,11 +212,7 @@ class Attempt:
             artifact_format=self.format.value if self.format else None,
             api_schema=self.api_schema,
             api_json_schema=self.api_json_schema,
-            proposal_identifier=self.sdk_fields.get("proposal_identifier"),
-            eval_spec=self.sdk_fields.get("eval_spec"),
-            scorer_ref=self.sdk_fields.get("scorer_ref"),
-            primary_metric=self.sdk_fields.get("primary_metric"),
-            benchmark_spec_id=self.sdk_fields.get("benchmark_spec_id"),
+            **sdk_columns,
             model_name=self.model_name,
             model_version=self.model_version,
             model_uri=self.model_uri,
@@ -269,7 +266,7 @@ async def register(
     )
     structlog.contextvars.bind_contextvars(registration_id=attempt.id, token_id=token_id)
     workdir = services.settings.upload_dir / attempt.id
-    _running.add(attempt.id)
+    services.running.add(attempt.id)
     try:
         if idempotency_key:
             previous = await _previous_attempt(services, principal, idempotency_key)
@@ -319,7 +316,7 @@ async def register(
             await _record_rejection(services.database, attempt, e)
             raise
         try:
-            await _pause_point(services.settings, "after_claim")
+            await services.hooks.reached(Stage.AFTER_CLAIM, attempt.id)
             with attempt.step("log_to_mlflow"):
                 await anyio.to_thread.run_sync(
                     _log_to_mlflow,
@@ -329,7 +326,7 @@ async def register(
                     unpacked,
                     limiter=services.mlflow_limiter,
                 )
-            await _pause_point(services.settings, "after_mlflow")
+            await services.hooks.reached(Stage.AFTER_MLFLOW, attempt.id)
             with attempt.step("commit"):
                 result = await commit_registration(
                     services.database, attempt.row(RegistrationStatus.IN_PROGRESS)
@@ -350,12 +347,12 @@ async def register(
         return result
     finally:
         await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
-        _running.discard(attempt.id)
+        services.running.discard(attempt.id)
 
 
-def running_attempts() -> frozenset[str]:
-    """The registration ids this process is working on right now."""
-    return frozenset(_running)
+def running_attempts(services: RegistrationServices) -> frozenset[str]:
+    """The registration ids these services are working on right now."""
+    return frozenset(services.running)
 
 
 async def _receive(
@@ -757,7 +754,7 @@ def _log_to_mlflow(
             **attempt.extra_run_tags,
         },
     )
-    _pause_point_sync(services.settings, "during_mlflow")
+    services.hooks.reached_in_thread(Stage.DURING_MLFLOW, attempt.id)
     mlflow.log_metric(attempt.run_id, check.name, check.value)
     for name, value in attempt.extra_run_metrics.items():
         mlflow.log_metric(attempt.run_id, name, value)
@@ -1044,35 +1041,3 @@ def _client_error(error: BaseException) -> AppError:
 
 # The evaluation worker finishes an evaluated registration with the same MLflow step.
 log_to_mlflow = _log_to_mlflow
-
-
-# Test hooks --------------------------------------------------------------------------------------
-
-
-def _pause_marker(settings: Settings, stage: str) -> Path | None:
-    """The marker to write when a test asked to stall at `stage` (test environment only)."""
-    if settings.env is not Environment.TEST or settings.test_pause_at != stage:
-        return None
-    marker = settings.data_dir.resolve() / f"paused-{stage}"
-    marker.write_text(f"{time.time()}\n", encoding="utf-8")
-    log.warning("registration_paused_for_test", stage=stage)
-    return marker
-
-
-async def _pause_point(settings: Settings, stage: str) -> None:
-    """Stall here when HOKUSAI_TEST_PAUSE_AT names this stage, so a test can kill us there.
-
-    Deleting the marker releases the stall (a shutdown test lets the registration finish).
-    """
-    marker = _pause_marker(settings, stage)
-    deadline = time.monotonic() + _MAX_PAUSE_SECONDS
-    while marker is not None and marker.exists() and time.monotonic() < deadline:  # noqa: ASYNC110
-        await anyio.sleep(0.05)
-
-
-def _pause_point_sync(settings: Settings, stage: str) -> None:
-    """`_pause_point` for the MLflow worker thread."""
-    marker = _pause_marker(settings, stage)
-    deadline = time.monotonic() + _MAX_PAUSE_SECONDS
-    while marker is not None and marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,14 @@ from app.errors import (
     UploadTimedOut,
     ValidationFailed,
 )
-from app.registration.artifacts import ALLOWED_EXTENSIONS, format_for_filename
+from app.registration.artifacts.names import (
+    ALLOWED_EXTENSIONS,
+    MAX_NAME_BYTES,
+    forbidden_char,
+    format_for_filename,
+    shown,
+)
+from app.registration.artifacts.sniffing import HEAD_BYTES
 from app.registration.multipart import (
     MultipartError,
     MultipartParser,
@@ -64,18 +70,13 @@ TEXT_FIELDS = (
     "benchmark_spec_id",
 )
 MAX_FIELD_BYTES = 64 * 1024
-HEAD_BYTES = 64 * 1024
 # Every field and file once, plus room for fields this version does not know (they are ignored).
 MAX_PARTS = 64
 MAX_PART_NAME_CHARS = 100
-MAX_FILENAME_BYTES = 255
 # Room for the multipart framing and the text fields around the files.
 _ENVELOPE_BYTES = MAX_PARTS * MAX_FIELD_BYTES // 4 + 64 * 1024
 _WRITE_BUFFER = 1024 * 1024
 _PREDICTIONS_NAME = "predictions.csv"
-# Unicode categories with no place in a file name: controls, invisible format characters
-# (bidirectional overrides disguise extensions), surrogates, line and paragraph separators.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,27 +223,21 @@ def _predictions_too_large(limit: int) -> AppError:
     )
 
 
-def _shown(name: str) -> str:
-    text = repr(name)
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def check_client_filename(filename: str, *, what: str, error: type[AppError]) -> str:
     """A client's file name, fit to keep as metadata: short, one component, no hidden characters."""
     if not filename:
         raise error(f"the {what} has no file name")
-    if len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
-        raise error(f"the {what}'s file name is longer than {MAX_FILENAME_BYTES} bytes")
+    if len(filename.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise error(f"the {what}'s file name is longer than {MAX_NAME_BYTES} bytes")
     if "/" in filename or "\\" in filename or filename in (".", ".."):
         raise error(
-            f"the {what}'s file name {_shown(filename)} contains a path; send the bare file name"
+            f"the {what}'s file name {shown(filename)} contains a path; send the bare file name"
         )
-    for char in filename:
-        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-            raise error(
-                f"the {what}'s file name {_shown(filename)} contains the control or invisible "
-                f"character U+{ord(char):04X}"
-            )
+    if (char := forbidden_char(filename)) is not None:
+        raise error(
+            f"the {what}'s file name {shown(filename)} contains the control or invisible "
+            f"character U+{ord(char):04X}"
+        )
     return filename
 
 
@@ -346,7 +341,7 @@ async def receive_form(
     def on_part(part: PartHeaders) -> PartSink:
         name = part.name
         if not name or len(name) > MAX_PART_NAME_CHARS or not name.isprintable():
-            raise MultipartError(f"the part name {_shown(name[:MAX_PART_NAME_CHARS])} is not valid")
+            raise MultipartError(f"the part name {shown(name[:MAX_PART_NAME_CHARS])} is not valid")
         if name == MODEL_FIELD:
             return model.start(part.filename or "")
         if name == PREDICTIONS_FIELD:

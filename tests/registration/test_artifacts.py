@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import bz2
 import gzip
 import io
@@ -11,6 +12,7 @@ import os
 import pickle
 import stat
 import struct
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -20,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from app.errors import InvalidModelFile, PayloadTooLarge
+from app.registration import artifacts
 from app.registration.artifacts import (
     ALLOWED_EXTENSIONS,
+    HEAD_BYTES,
     ArchiveInfo,
     ModelFormat,
     check_content,
@@ -30,8 +34,8 @@ from app.registration.artifacts import (
     inspect_archive,
 )
 
-HEAD = 64 * 1024
 LIMIT = 10 * 1024 * 1024
+FILES = 100  # the entry cap these tests pass; the service passes its setting
 
 MLMODEL = """\
 artifact_path: model
@@ -73,7 +77,7 @@ def write(path: Path, data: bytes) -> Path:
 
 def check(tmp_path: Path, fmt: ModelFormat, data: bytes, name: str = "upload") -> None:
     path = write(tmp_path / name, data)
-    check_content(fmt, data[:HEAD], path, len(data))
+    check_content(fmt, data[:HEAD_BYTES], path, len(data))
 
 
 def varint(value: int) -> bytes:
@@ -316,7 +320,7 @@ VALID: list[tuple[str, ModelFormat, bytes]] = [
     ("xgboost json", ModelFormat.JSON, b'\xef\xbb\xbf \n\t{"learner": {"attributes": {}}}'),
     ("xgboost ubj", ModelFormat.UBJSON, b"{L\x00\x00\x00\x00\x00\x00\x00\x07learner{}}"),
     ("lightgbm text", ModelFormat.TEXT, "tree\nversion=v4\nnum_class=1\n# façade\n".encode()),
-    ("text cut inside a character", ModelFormat.TEXT, b"a" * (HEAD - 1) + "é".encode() * 10),
+    ("text cut inside a character", ModelFormat.TEXT, b"a" * (HEAD_BYTES - 1) + "é".encode() * 10),
     ("binary", ModelFormat.BINARY, b"\x00\xff\x10"),
     ("mlflow zip", ModelFormat.MLFLOW_ZIP, zip_bytes(model_entries())),
     ("mlflow tar.gz", ModelFormat.MLFLOW_TAR, tar_of(model_entries())),
@@ -331,7 +335,7 @@ class TestCheckContentAcceptsEveryFormat:
     def test_accepts_large_protocol_0_pickle_cut_by_the_head(self, tmp_path: Path) -> None:
         # The head ends inside the argument of the second opcode.
         data = pickle.dumps(["v" * 100_000], protocol=0)
-        assert len(data) > HEAD
+        assert len(data) > HEAD_BYTES
         check(tmp_path, ModelFormat.PICKLE, data)
 
 
@@ -417,7 +421,7 @@ class TestCheckContentRejectsWrongContent:
 
 
 def inspect(
-    tmp_path: Path, fmt: ModelFormat, data: bytes, *, limit: int = LIMIT, max_files: int = 100
+    tmp_path: Path, fmt: ModelFormat, data: bytes, *, limit: int = LIMIT, max_files: int = FILES
 ) -> ArchiveInfo:
     path = write(tmp_path / "upload.archive", data)
     return inspect_archive(fmt, path, max_unpacked_bytes=limit, max_files=max_files)
@@ -759,10 +763,11 @@ def unpack(
     tmp_path: Path, fmt: ModelFormat, data: bytes, *, limit: int = LIMIT
 ) -> tuple[Path, Path]:
     path = write(tmp_path / "upload.archive", data)
-    info = inspect_archive(fmt, path, max_unpacked_bytes=limit)
+    info = inspect_archive(fmt, path, max_unpacked_bytes=limit, max_files=FILES)
     dest = tmp_path / "dest"
     dest.mkdir()
-    return extract_archive(fmt, path, dest, info, max_unpacked_bytes=limit), dest
+    extracted = extract_archive(fmt, path, dest, info, max_unpacked_bytes=limit, max_files=FILES)
+    return extracted, dest
 
 
 def forged_info(*, file_count: int = 5) -> ArchiveInfo:
@@ -872,7 +877,9 @@ class TestExtractionRechecksEveryMember:
         dest.mkdir()
         before = snapshot(tmp_path)
         with pytest.raises(InvalidModelFile):
-            extract_archive(fmt, path, dest, forged_info(), max_unpacked_bytes=LIMIT)
+            extract_archive(
+                fmt, path, dest, forged_info(), max_unpacked_bytes=LIMIT, max_files=FILES
+            )
         assert files_outside(tmp_path, dest, before) == set()
 
     def test_never_creates_tar_links(self, tmp_path: Path) -> None:
@@ -883,7 +890,12 @@ class TestExtractionRechecksEveryMember:
         dest.mkdir()
         with pytest.raises(InvalidModelFile, match="symbolic link"):
             extract_archive(
-                ModelFormat.MLFLOW_TAR, path, dest, forged_info(), max_unpacked_bytes=LIMIT
+                ModelFormat.MLFLOW_TAR,
+                path,
+                dest,
+                forged_info(),
+                max_unpacked_bytes=LIMIT,
+                max_files=FILES,
             )
         assert list(dest.iterdir()) == []
         assert not (tmp_path / "escaped").exists()
@@ -894,7 +906,12 @@ class TestExtractionRechecksEveryMember:
         dest.mkdir()
         with pytest.raises(InvalidModelFile, match="symbolic link"):
             extract_archive(
-                ModelFormat.MLFLOW_ZIP, path, dest, forged_info(), max_unpacked_bytes=LIMIT
+                ModelFormat.MLFLOW_ZIP,
+                path,
+                dest,
+                forged_info(),
+                max_unpacked_bytes=LIMIT,
+                max_files=FILES,
             )
         assert not (dest / "link").is_symlink()
 
@@ -909,6 +926,7 @@ class TestExtractionRechecksEveryMember:
                 dest,
                 forged_info(file_count=3),
                 max_unpacked_bytes=LIMIT,
+                max_files=FILES,
             )
 
     def test_applies_the_byte_limit_itself(self, tmp_path: Path) -> None:
@@ -922,4 +940,33 @@ class TestExtractionRechecksEveryMember:
                 dest,
                 forged_info(file_count=4),
                 max_unpacked_bytes=100,
+                max_files=FILES,
             )
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, by its full dotted name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+class TestModuleBoundaries:
+    @pytest.mark.parametrize("module", ["archives", "zipdir"])
+    def test_archive_reading_knows_nothing_of_mlflow(self, module: str) -> None:
+        folder = Path(artifacts.__file__).parent
+        allowed = {
+            "app.errors",
+            "app.registration.artifacts.names",
+            "app.registration.artifacts.zipdir",
+        }
+        imported = imported_modules(folder / f"{module}.py")
+        foreign = {
+            name for name in imported - allowed if name.split(".")[0] not in sys.stdlib_module_names
+        }
+        assert foreign == set()
+        assert "mlmodel" not in (folder / f"{module}.py").read_text().lower()

@@ -1,13 +1,16 @@
 """Crash recovery: a registration killed at any point is settled by the recovery sweep.
 
 The crash tests run `hokusai-registry serve` as real processes on one data dir (SQLite and a local
-MLflow store), with a 2 s lease. A process started with `HOKUSAI_TEST_PAUSE_AT=<stage>` stalls a
-registration at that stage and writes a marker; the test then SIGKILLs it there. Each restart's
+MLflow store), with a 2 s lease. A process started through tests/support/serve.py with
+`--pause-at <stage>` has a hook that stalls a registration at that stage and writes a marker; the
+test then SIGKILLs it there. Each restart's
 recovery sweep must settle what the killed process left behind. To keep starts few, the crashes
 are chained: the process that recovers one crash point is the one killed at the next, and a last
-process with no pause setting recovers the final one and is checked for all of them.
+process without the hook (plain `hokusai-registry serve`) recovers the final one and is checked for
+all of them.
 
-The in-process tests drive `recover_stale` directly on both databases.
+The in-process tests drive `recover_stale` directly on both databases, and break registrations at
+each stage with a hook on the app's registration services.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -37,14 +41,16 @@ from mlflow import MlflowClient
 
 from app.auth.service import create_api_key
 from app.clients.mlflow import EXPERIMENT_NAME
-from app.config import Environment, Settings
 from app.db import Database, UTCDateTime, utcnow
 from app.manage import migrate
-from app.registration import service as registration_service
+from app.registration.hooks import NO_HOOKS, Stage
 from app.registration.recovery import recover_stale
 from app.registration.service import RegistrationServices
 from tests.factories import create_token, pickle_bytes, register
 from tests.mlflow_server import free_port
+from tests.support import serve
+from tests.support.hooks import PauseAt, Recorder, installed, marker_path
+from tests.support.mlflow import mlflow_client, model_versions
 from tests.support.service import Api
 
 BIN = Path(sys.executable).parent
@@ -80,17 +86,17 @@ class Service:
             "HOKUSAI_REGISTRATION_LEASE_SECONDS": str(LEASE_SECONDS),
             "HOKUSAI_MLFLOW_RETRY_SECONDS": "5",
         }
-        if pause_at is not None:
-            env["HOKUSAI_TEST_PAUSE_AT"] = pause_at
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / f"service-{self.port}.log"
+        args = ("serve", "--port", str(self.port), "--no-migrate")
+        if pause_at is None:
+            command = [str(BIN / "hokusai-registry"), *args]
+        else:
+            command = serve.command(pause_at, *args)
         with self.log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
-                [BIN / "hokusai-registry", "serve", "--port", str(self.port), "--no-migrate"],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
+                command, cwd=serve.ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
             )
 
     def wait_ready(self) -> Service:
@@ -219,7 +225,7 @@ def _bring_to(campaign: Campaign, service: Service, stage: str) -> socket.socket
         sock = _start_partial_upload(service.url, campaign.key, token_id)
         _wait_for(lambda: _upload_started(campaign.data_dir), "the upload to start")
         return sock
-    marker = campaign.data_dir / f"paused-{stage}"
+    marker = marker_path(campaign.data_dir, stage)
     _register_in_background(service.url, campaign.key, token_id)
     _wait_for(marker.exists, f"the registration to pause at {stage}")
     return None
@@ -552,25 +558,98 @@ class TestRecoverStale:
             (folder / "model" / "model.pkl").write_bytes(b"partial")
             for path in (folder / "model" / "model.pkl", folder / "model", folder):
                 os.utime(path, (long_ago, long_ago))
-        registration_service._running.add(running.name)
+        services = _services(api)
+        services.running.add(running.name)
         try:
-            report = await recover_stale(_services(api))
+            report = await recover_stale(services)
         finally:
-            registration_service._running.discard(running.name)
+            services.running.discard(running.name)
         assert report.uploads_removed == 1
         assert not abandoned.exists()
         assert running.exists()
         shutil.rmtree(running)  # the upload folder is shared with later tests
 
 
-class TestPauseHook:
-    def test_writes_its_marker_only_in_the_test_environment(self, tmp_path: Path) -> None:
-        paused = Settings(env=Environment.TEST, data_dir=tmp_path, test_pause_at="after_claim")
-        assert registration_service._pause_marker(paused, "after_mlflow") is None
-        marker = registration_service._pause_marker(paused, "after_claim")
-        assert marker == tmp_path / "paused-after_claim"
-        assert marker.exists()
-        production = Settings(
-            env=Environment.PRODUCTION, data_dir=tmp_path / "prod", test_pause_at="after_claim"
+class TestRegistrationHooks:
+    async def test_the_service_runs_with_hooks_that_do_nothing(self, api: Api) -> None:
+        assert _services(api).hooks is NO_HOOKS
+        token_id = f"QUIET-{api.backend}".upper()
+        await create_token(api.client, api.auth(), token_id=token_id)
+        response = await register(api.client, api.auth(), token_id=token_id)
+        assert response.status_code == 201, response.text
+
+    async def test_a_registration_passes_every_stage_in_order(self, api: Api) -> None:
+        hooks = Recorder()
+        token_id = f"STAGES-{api.backend}".upper()
+        await create_token(api.client, api.auth(), token_id=token_id)
+        with installed(api, hooks):
+            response = await register(api.client, api.auth(), token_id=token_id)
+        assert response.status_code == 201, response.text
+        registration_id = response.json()["registration_id"]
+        assert hooks.seen == [(stage, registration_id) for stage in Stage]
+        # Only the MLflow step runs in a worker thread; a pause there must not block the loop.
+        assert hooks.threads == {
+            Stage.AFTER_CLAIM: False,
+            Stage.DURING_MLFLOW: True,
+            Stage.AFTER_MLFLOW: False,
+        }
+
+    async def test_a_refused_registration_reaches_no_stage(self, api: Api) -> None:
+        hooks = Recorder()
+        token_id = f"REFUSED-{api.backend}".upper()
+        await create_token(api.client, api.auth(), token_id=token_id)
+        with installed(api, hooks):
+            response = await register(api.client, api.auth(), token_id=token_id, metric_value="0.5")
+        assert response.status_code == 422, response.text
+        assert hooks.seen == []
+
+    @pytest.mark.parametrize("stage", list(Stage))
+    async def test_a_registration_broken_at_a_stage_fails_and_is_undone(
+        self, api: Api, stage: Stage
+    ) -> None:
+        token_id = f"BROKEN-{stage.value.replace('_', '-')}-{api.backend}".upper()
+        await create_token(api.client, api.auth(), token_id=token_id)
+        with installed(api, Recorder(break_at=stage)):
+            response = await register(api.client, api.auth(), token_id=token_id)
+        assert response.status_code == 500, response.text
+        assert response.json()["code"] == "internal_error"
+        token = (await api.client.get(f"/tokens/{token_id}", headers=api.auth())).json()
+        assert token["status"] == "failed"
+        assert token["model_version"] is None
+        assert await _event_types(api, token_id) == ["registration_failed"]
+        assert model_versions(api, f"hokusai-{token_id}") == []
+        mlflow = mlflow_client(api)
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+        assert experiment is not None
+        runs = mlflow.search_runs(
+            [experiment.experiment_id], f"tags.`hokusai.token_id` = '{token_id}'"
         )
-        assert registration_service._pause_marker(production, "after_claim") is None
+        if stage is Stage.AFTER_CLAIM:
+            assert runs == []  # broken before MLflow was touched
+        else:
+            [run] = runs
+            assert run.info.status == "FAILED"
+
+    async def test_a_paused_registration_waits_for_its_marker(self, api: Api) -> None:
+        hooks = PauseAt(Stage.AFTER_MLFLOW, api.settings.data_dir)
+        token_id = f"PAUSED-{api.backend}".upper()
+        await create_token(api.client, api.auth(), token_id=token_id)
+        outcome: list[httpx.Response] = []
+
+        async def post() -> None:
+            outcome.append(await register(api.client, api.auth(), token_id=token_id))
+
+        with installed(api, hooks):
+            async with anyio.create_task_group() as group:
+                group.start_soon(post)
+                with anyio.fail_after(SETTLE_SECONDS):
+                    while not hooks.marker.exists():
+                        await anyio.sleep(0.05)
+                token = (await api.client.get(f"/tokens/{token_id}", headers=api.auth())).json()
+                assert token["status"] == "registering"
+                assert outcome == []
+                hooks.marker.unlink()
+        [response] = outcome
+        assert response.status_code == 201, response.text
+        token = (await api.client.get(f"/tokens/{token_id}", headers=api.auth())).json()
+        assert token["status"] == "registered"

@@ -1,7 +1,8 @@
 """Graceful shutdown: SIGTERM lets the work in flight finish, then the process exits 0.
 
-`hokusai-registry serve` runs as a real process (SQLite and a local MLflow store). A registration
-is stalled inside its MLflow work with `HOKUSAI_TEST_PAUSE_AT=during_mlflow`; the test sends
+`hokusai-registry serve` runs as a real process (SQLite and a local MLflow store), started through
+tests/support/serve.py so that a hook stalls a registration inside its MLflow work (`--pause-at
+during_mlflow`); the test sends
 SIGTERM, checks that the server is draining (new connections refused, the process still alive),
 then deletes the pause marker: the registration must complete with 201 and its events, and the
 process must exit with status 0 soon after.
@@ -32,8 +33,11 @@ from app.db import Database
 from app.events.models import WebhookEndpoint
 from app.events.outbox import NewEvent, write_events
 from app.manage import migrate
+from app.registration.hooks import Stage
 from tests.factories import pickle_bytes
 from tests.mlflow_server import free_port
+from tests.support import serve
+from tests.support.hooks import marker_path
 from tests.webhook_receiver import Reply, WebhookReceiver
 
 BIN = Path(sys.executable).parent
@@ -97,17 +101,11 @@ def server(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
     """`serve`, stalling registrations inside MLflow until the marker is deleted."""
     port = free_port()
     log_path = data_dir / "serve.log"
-    env = _env(
-        data_dir,
-        HOKUSAI_TEST_PAUSE_AT="during_mlflow",
-        HOKUSAI_SHUTDOWN_GRACE_SECONDS="60",
-    )
+    env = _env(data_dir, HOKUSAI_SHUTDOWN_GRACE_SECONDS="60")
+    command = serve.command(Stage.DURING_MLFLOW, "serve", "--port", str(port), "--no-migrate")
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [BIN / "hokusai-registry", "serve", "--port", str(port), "--no-migrate"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+            command, cwd=serve.ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -156,7 +154,7 @@ class TestServe:
 
         thread = threading.Thread(target=post, daemon=True)
         thread.start()
-        marker = data_dir / "paused-during_mlflow"
+        marker = marker_path(data_dir, Stage.DURING_MLFLOW)
         _wait_for(marker.exists, "the registration to stall inside MLflow")
 
         process.send_signal(signal.SIGTERM)
