@@ -1,7 +1,7 @@
 """Verified evaluation: sealed benchmarks, evaluation jobs, evaluated registrations' fields.
 
 Revision ID: 0006
-Revises: 0005
+Revises: 0004
 Create Date: 2026-12-01 15:00:00.000000
 """
 
