@@ -694,7 +694,7 @@ def report(
     for o in (warm_errors + errors)[:10]:
         print(f"   {o.token_id} -> {o.status}: {o.body[:500]}")
     print("CPU seconds used during the measured phase:")
-    totals: Counter[str] = Counter()
+    totals: defaultdict[str, float] = defaultdict(float)
     for pid, name in [*tracked.items(), *((p, f"postgres ({d})") for p, d in backends.items())]:
         first, last = before.get(pid), after.get(pid)
         if last is None:

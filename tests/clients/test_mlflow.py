@@ -69,7 +69,9 @@ def early_server(
 ) -> Iterator[MlflowServer | None]:
     """Boot `mlflow server` (~20-30 s) in the background while the local-store tests run."""
     selected = any(
-        item.get_closest_marker("e2e") is not None and item.module is request.module
+        isinstance(item, pytest.Function)
+        and item.get_closest_marker("e2e") is not None
+        and item.module is request.module
         for item in request.session.items
     )
     if not selected:
