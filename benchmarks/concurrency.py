@@ -12,10 +12,10 @@ The services run the app/ next to this script, so a scratch copy of the tree ben
 
     .venv/bin/python benchmarks/concurrency.py [--clients 16] [--registrations 320] [--profile]
 
-With --profile, py-spy samples both API processes during the measured phase (by default only the
-thread holding the GIL: where the interpreter's time goes; see --profile-mode) and the top
-functions are printed by cumulative and by self time, grouped as ours (app/), MLflow,
-SQLAlchemy/psycopg, Starlette/uvicorn and other.
+With --profile, py-spy samples both API processes and the worker during the measured phase (by
+default only the thread holding the GIL: where the interpreter's time goes; see --profile-mode)
+and the top functions are printed by cumulative and by self time, grouped as ours (app/), MLflow,
+SQLAlchemy/psycopg, Starlette/uvicorn and other; the API processes and the worker separately.
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ def parse_frame(frame: str) -> tuple[str, str, int]:
     return name, path, int(line) if line.isdigit() else 0
 
 
-def summarise_profile(files: list[Path], top: int) -> None:
+def summarise_profile(files: list[Path], top: int, who: str = "the API processes") -> None:
     """Cumulative and self samples by function, and by group; our own lines separately."""
     total = 0
     cumulative: Counter[tuple[str, str]] = Counter()
@@ -411,7 +411,7 @@ def summarise_profile(files: list[Path], top: int) -> None:
     def pct(n: int) -> str:
         return f"{100 * n / total:5.1f}%"
 
-    print(f"\n== profile of the API processes: {total} samples")
+    print(f"\n== profile of {who}: {total} samples")
     print("by group (self: the innermost non-stdlib frame; cumulative: anywhere on the stack)")
     for group in [
         "ours (app/)",
@@ -586,7 +586,7 @@ def main() -> None:
             cpu_before = {pid: cpu_seconds(pid) for pid in [*tracked, *backends]}
             profilers = (
                 start_profilers(
-                    [p.pid for p in service.apis],
+                    [p.pid for p in service.all()],
                     folder,
                     mode=args.profile_mode,
                     rate=args.profile_rate,
@@ -639,7 +639,12 @@ def main() -> None:
             waits.report()
             save_report(args, figures, steps)
             if profiles:
-                summarise_profile(profiles, args.top)
+                worker_pid = service.worker.pid if service.worker else None
+                worker_file = f"py-spy-{worker_pid}.txt"
+                summarise_profile([p for p in profiles if p.name != worker_file], args.top)
+                worker_profiles = [p for p in profiles if p.name == worker_file]
+                if worker_profiles:
+                    summarise_profile(worker_profiles, args.top, who="the worker")
             if args.keep:
                 keep = Path(args.keep)
                 keep.mkdir(parents=True, exist_ok=True)

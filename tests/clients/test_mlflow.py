@@ -32,6 +32,7 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
 )
+from mlflow.telemetry import get_telemetry_client
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from app.clients.mlflow import (
@@ -573,6 +574,8 @@ class TestSetUp:
         with configured_mlflow(request_timeout=4):
             assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "4"
             assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+            assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+            assert get_telemetry_client() is None
             assert logging.getLogger("mlflow").propagate is True
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the module's own block
         assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in os.environ
