@@ -589,12 +589,13 @@ class MlflowRegistry:
 
         def create_version(client: MlflowClient) -> ModelVersion:
             if store is not None:
-                return store.create_model_version(
+                created_version: ModelVersion = store.create_model_version(
                     model_name,
                     source,
                     run_id=run_id,
                     tags=[ModelVersionTag(key, str(value)) for key, value in version_tags.items()],
                 )
+                return created_version
             return client.create_model_version(
                 model_name, source, run_id=run_id, tags=version_tags, await_creation_for=0
             )
