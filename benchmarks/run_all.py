@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "large_upload": (["--sizes", "10,100,1024"], ["--sizes", "10,100,256"]),
     "concurrency": (["--clients", "16", "--registrations", "320"], ["--registrations", "64"]),
     "webhook_delivery": (["--events", "1000", "--refuse", "3"], ["--events", "200"]),
+    "cli_upload": (["--sizes", "512,1024", "--repeat", "3"], ["--sizes", "64", "--repeat", "1"]),
+    "evaluation": (["--runs", "5"], ["--runs", "1", "--sizes", "10000"]),
 }
 
 INTRO = """\
