@@ -21,7 +21,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app cli.py
+	$(VENV)/bin/mypy app cli.py hokusai_client tests benchmarks
 	$(VENV)/bin/hadolint Dockerfile
 
 format: $(STAMP)

@@ -41,6 +41,15 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def empty_list() -> list[Any]:
+    """The `default_factory` of a list column.
+
+    pydantic inspects a default factory's signature each time it makes a default, and for the
+    builtin `list` that inspection fails slowly (about 70 µs, against 4 µs for a function).
+    """
+    return []
+
+
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
     """A timezone-aware UTC timestamp on every backend (SQLite stores no offset)."""
 

@@ -21,17 +21,19 @@ _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
 
 
-def get_app_settings(request: Request) -> Settings:
+# These three only read the application's state; as coroutines FastAPI calls them in the event
+# loop, where a plain function would cost each request a hop to its thread pool and back.
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
 
-def get_mlflow(request: Request) -> MlflowRegistry:
+async def get_mlflow(request: Request) -> MlflowRegistry:
     registry: MlflowRegistry = request.app.state.mlflow
     return registry
 

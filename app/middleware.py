@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 import weakref
+from collections.abc import Iterable
 
 import structlog
 from starlette.datastructures import MutableHeaders
@@ -123,7 +124,8 @@ def _templates(app: object) -> list[tuple[re.Pattern[str], str]]:
 
 
 def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
+    headers: Iterable[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
             if _CLIENT_REQUEST_ID.fullmatch(candidate):

@@ -68,7 +68,8 @@ class Figures:
 
     @staticmethod
     def median(runs: list[Run], name: str) -> float:
-        return statistics.median(getattr(run, name) for run in runs)
+        values: list[float] = [getattr(run, name) for run in runs]
+        return statistics.median(values)
 
     @property
     def ratio(self) -> float:

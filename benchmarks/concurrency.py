@@ -12,10 +12,10 @@ The services run the app/ next to this script, so a scratch copy of the tree ben
 
     .venv/bin/python benchmarks/concurrency.py [--clients 16] [--registrations 320] [--profile]
 
-With --profile, py-spy samples both API processes during the measured phase (by default only the
-thread holding the GIL: where the interpreter's time goes; see --profile-mode) and the top
-functions are printed by cumulative and by self time, grouped as ours (app/), MLflow,
-SQLAlchemy/psycopg, Starlette/uvicorn and other.
+With --profile, py-spy samples both API processes and the worker during the measured phase (by
+default only the thread holding the GIL: where the interpreter's time goes; see --profile-mode)
+and the top functions are printed by cumulative and by self time, grouped as ours (app/), MLflow,
+SQLAlchemy/psycopg, Starlette/uvicorn and other; the API processes and the worker separately.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ from benchmarks.harness import (
 from tests.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
+CLIENT = "client (this script)"
+# Issue 15's starting point: CPU per registration of the server processes and PostgreSQL.
+CPU_BEFORE_MS = 124.0
 MODEL_BYTES = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -365,7 +368,7 @@ def parse_frame(frame: str) -> tuple[str, str, int]:
     return name, path, int(line) if line.isdigit() else 0
 
 
-def summarise_profile(files: list[Path], top: int) -> None:
+def summarise_profile(files: list[Path], top: int, who: str = "the API processes") -> None:
     """Cumulative and self samples by function, and by group; our own lines separately."""
     total = 0
     cumulative: Counter[tuple[str, str]] = Counter()
@@ -411,7 +414,7 @@ def summarise_profile(files: list[Path], top: int) -> None:
     def pct(n: int) -> str:
         return f"{100 * n / total:5.1f}%"
 
-    print(f"\n== profile of the API processes: {total} samples")
+    print(f"\n== profile of {who}: {total} samples")
     print("by group (self: the innermost non-stdlib frame; cumulative: anywhere on the stack)")
     for group in [
         "ours (app/)",
@@ -581,12 +584,12 @@ def main() -> None:
             tracked = {p.pid: f"api-{i}" for i, p in enumerate(service.apis)}
             assert service.worker is not None
             tracked[service.worker.pid] = "worker"
-            tracked[os.getpid()] = "client (this script)"
+            tracked[os.getpid()] = CLIENT
             backends = postgres_backends(admin, names)
             cpu_before = {pid: cpu_seconds(pid) for pid in [*tracked, *backends]}
             profilers = (
                 start_profilers(
-                    [p.pid for p in service.apis],
+                    [p.pid for p in service.all()],
                     folder,
                     mode=args.profile_mode,
                     rate=args.profile_rate,
@@ -639,7 +642,12 @@ def main() -> None:
             waits.report()
             save_report(args, figures, steps)
             if profiles:
-                summarise_profile(profiles, args.top)
+                worker_pid = service.worker.pid if service.worker else None
+                worker_file = f"py-spy-{worker_pid}.txt"
+                summarise_profile([p for p in profiles if p.name != worker_file], args.top)
+                worker_profiles = [p for p in profiles if p.name == worker_file]
+                if worker_profiles:
+                    summarise_profile(worker_profiles, args.top, who="the worker")
             if args.keep:
                 keep = Path(args.keep)
                 keep.mkdir(parents=True, exist_ok=True)
@@ -694,7 +702,7 @@ def report(
     for o in (warm_errors + errors)[:10]:
         print(f"   {o.token_id} -> {o.status}: {o.body[:500]}")
     print("CPU seconds used during the measured phase:")
-    totals: Counter[str] = Counter()
+    totals: defaultdict[str, float] = defaultdict(float)
     for pid, name in [*tracked.items(), *((p, f"postgres ({d})") for p, d in backends.items())]:
         first, last = before.get(pid), after.get(pid)
         if last is None:
@@ -712,6 +720,12 @@ def report(
         f"   {'total':28} {sum(totals.values()):7.2f} s  of {wall * (os.cpu_count() or 1):.1f} "
         f"core-seconds available ({sum(totals.values()) / done * 1000:.1f} ms per registration)"
     )
+    service = sum(seconds for name, seconds in totals.items() if name != CLIENT)
+    print(
+        f"   {'service (all but the client)':28} {service:7.2f} s  "
+        f"({service / done * 1000:.1f} ms per registration: the API processes, the worker and "
+        "PostgreSQL)"
+    )
     return {
         "rate": len(ok) / wall,
         "p50": percentile(ok, 0.5) if ok else float("nan"),
@@ -720,6 +734,7 @@ def report(
         "errors": float(len(errors) + len(warm_errors)),
         "registrations": float(len(outcomes)),
         "cpu_ms": sum(totals.values()) / done * 1000,
+        "service_cpu_ms": service / done * 1000,
     }
 
 
@@ -753,7 +768,8 @@ def save_report(
                             f"{figures['p90'] * 1000:.0f} ms",
                             f"{figures['p99'] * 1000:.0f} ms",
                             str(errors),
-                            f"{figures['cpu_ms']:.0f} ms (all processes, PostgreSQL included)",
+                            f"{figures['service_cpu_ms']:.0f} ms (API processes, worker and "
+                            f"PostgreSQL; {figures['cpu_ms']:.0f} ms with the clients)",
                         ]
                     ],
                 ),
@@ -770,7 +786,21 @@ def save_report(
                 f"p99 {figures['p99'] * 1000:.0f} ms, {errors} errors",
                 "reported; no errors",
                 errors == 0,
-            )
+            ),
+            Target(
+                "4. concurrency: CPU per registration (API processes, worker, PostgreSQL) / "
+                f"{CPU_BEFORE_MS:.0f} ms before issue 15",
+                f"{figures['service_cpu_ms']:.1f} ms / {CPU_BEFORE_MS:.0f} ms = "
+                f"{figures['service_cpu_ms'] / CPU_BEFORE_MS:.2f}",
+                "<= 0.5",
+                figures["service_cpu_ms"] / CPU_BEFORE_MS <= 0.5,
+            ),
+            Target(
+                "4. concurrency: registrations/s with p99 under 2 s, on this machine",
+                f"{figures['rate']:.1f} /s, p99 {figures['p99'] * 1000:.0f} ms",
+                ">= 25 /s, p99 < 2 s",
+                figures["rate"] >= 25 and figures["p99"] < 2.0,
+            ),
         ],
     ).save(args.report)
 

@@ -376,7 +376,7 @@ def row5(svc: Service) -> Result:
     res = Result("5", "safetensors header of many keys")
     for target in (7.5 * MiB, CAP - 256 * 1024):
         token = svc.token("R5")
-        entries = []
+        entries: list[str] = []
         size = 0
         while size < target:
             entry = f'"t{len(entries)}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}'
@@ -435,16 +435,16 @@ def row6(svc: Service, connections: int = 200, seconds: float = 40.0) -> Result:
             deadline = time.monotonic() + 2
             while time.monotonic() < deadline:
                 for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
                     try:
-                        data = sock.recv(65536)
+                        data = ready.recv(65536)
                     except OSError:
                         data = b""
-                    if sock in open_socks:
-                        open_socks.discard(sock)
+                    if ready in open_socks:
+                        open_socks.discard(ready)
                         closed_by_server += 1
-                    selector.unregister(sock)
+                    selector.unregister(ready)
                     del data
     res.say(
         f"closed by the server within {seconds:.0f} s: {closed_by_server} of {connections}; "

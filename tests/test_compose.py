@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,8 +15,10 @@ from app.manage import main as manage_main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def compose() -> dict:  # type: ignore[type-arg]
-    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
 
 
 class TestCompose:
@@ -55,7 +58,7 @@ class TestCompose:
         assert float(stop_after.removesuffix("s")) > grace
 
     def test_blank_optional_settings_from_compose_are_unset(self) -> None:
-        settings = Settings(  # type: ignore[call-arg]
+        settings = Settings(
             _env_file=None,
             webhook_url="",
             webhook_secret="",

@@ -8,7 +8,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from app.db import JSONType, UTCDateTime, utcnow
+from app.db import JSONType, UTCDateTime, empty_list, utcnow
 
 
 class Scope(StrEnum):
@@ -27,7 +27,7 @@ class ApiKey(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32, description="public key id, part of the key")
     name: str = Field(max_length=200)
     key_hash: str = Field(max_length=64, description="hex SHA-256 of the whole key")
-    scopes: list[str] = Field(default_factory=list, sa_type=JSONType)
+    scopes: list[str] = Field(default_factory=empty_list, sa_type=JSONType)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_used_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -26,9 +26,12 @@ import sqlalchemy.exc
 import stamina
 import structlog
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.model_registry.abstract_store import AbstractStore as RegistryStore
+from mlflow.telemetry import set_telemetry_client
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.logging_utils import MlflowFormatter
 
@@ -172,6 +175,22 @@ def _is_database_uri(uri: str) -> bool:
     return scheme in {"sqlite", "postgresql", "mysql", "mssql"}
 
 
+def _database_registry_store(uri: str) -> RegistryStore | None:
+    """The model registry store MLflow builds for a database URI, or None when it builds another.
+
+    MlflowClient checks before each version and alias write that the name is not a prompt, which
+    loads the whole registered model (tags, aliases, latest versions) each time. A registration
+    that has just created its registered model knows that already and writes through the store,
+    MLflow's documented registry-store interface. The store shares MLflow's cached engine for
+    the URI, so it adds no connection pool.
+    """
+    if MLFLOW_ENABLE_WORKSPACES.get():
+        return None  # MLflow builds a workspace-aware store then; the client path stays
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    return SqlAlchemyStore(uri)
+
+
 def _as_artifact_uri(location: str) -> str:
     # A bare path becomes an absolute file URI, so the store never resolves it against the cwd.
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", location):
@@ -203,6 +222,9 @@ def client_environment(*, request_timeout: float) -> dict[str, str]:
         # Against a server, set_terminated prints the run's UI link to stdout (with an extra
         # GET): stdout carries the service's JSON logs.
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        # MLflow's usage telemetry would report every client call to MLflow's servers from a
+        # thread of its own, and inspects each call's signature to do so.
+        "MLFLOW_DISABLE_TELEMETRY": "true",
     }
 
 
@@ -251,6 +273,8 @@ def configured_mlflow(*, request_timeout: float) -> Iterator[None]:
             _replaced.update({name: os.environ.get(name) for name in environment})
         _open_environments.append(environment)
         _apply(environment)
+        # MLflow decides at import whether to keep a telemetry client; decide again now.
+        set_telemetry_client()
     try:
         yield
     finally:
@@ -282,6 +306,8 @@ class MlflowRegistry:
         self._wait_jitter = min(1.0, self._wait_max / 2)
         self._lock = threading.Lock()
         self._client_instance: MlflowClient | None = None
+        # The registry's own store, when the registry is a database (see `_client`).
+        self._registry_store: RegistryStore | None = None
         self._experiment_id: str | None = None
         # Run id -> artifact URI of the runs this process created and has not logged to yet.
         self._artifact_uris: dict[str, str] = {}
@@ -303,6 +329,7 @@ class MlflowRegistry:
                         # The registry store is built lazily too; build it now so its schema
                         # check runs here rather than racing in concurrent registrations.
                         client.search_registered_models(max_results=1)
+                        self._registry_store = _database_registry_store(self._registry_uri)
                 self._client_instance = client
             return self._client_instance
 
@@ -545,7 +572,7 @@ class MlflowRegistry:
 
         owner = tags.get("hokusai_token_id")
 
-        def create_model(client: MlflowClient) -> None:
+        def create_model(client: MlflowClient) -> bool:
             try:
                 client.create_registered_model(
                     model_name, tags={OWNER_TAG: owner} if owner else None
@@ -553,13 +580,26 @@ class MlflowRegistry:
             except MlflowException as e:
                 if not _has_code(e, "RESOURCE_ALREADY_EXISTS"):
                     raise
+                return False
+            return True
 
-        self._call("create_registered_model", create_model, model_name=model_name)
+        created = self._call("create_registered_model", create_model, model_name=model_name)
+        # A registered model this call created holds no prompt; the store skips the client's
+        # check. One that existed before goes through the client, which checks.
+        store = self._registry_store if created else None
 
         version_tags = {"hokusai_status": "registered", **tags}
         source = f"runs:/{run_id}/{ARTIFACT_PATH}"
 
         def create_version(client: MlflowClient) -> ModelVersion:
+            if store is not None:
+                created_version: ModelVersion = store.create_model_version(
+                    model_name,
+                    source,
+                    run_id=run_id,
+                    tags=[ModelVersionTag(key, str(value)) for key, value in version_tags.items()],
+                )
+                return created_version
             return client.create_model_version(
                 model_name, source, run_id=run_id, tags=version_tags, await_creation_for=0
             )
@@ -579,15 +619,21 @@ class MlflowRegistry:
         self._await_ready(version)
         number = str(version.version)
 
+        def alias(client: MlflowClient) -> None:
+            if store is not None:
+                store.set_registered_model_alias(model_name, REGISTERED_ALIAS, number)
+            else:
+                client.set_registered_model_alias(model_name, REGISTERED_ALIAS, number)
+
         def set_alias(client: MlflowClient) -> None:
             try:
-                client.set_registered_model_alias(model_name, REGISTERED_ALIAS, number)
+                alias(client)
             except MlflowException as e:
                 if not _is_unique_violation(e):
                     raise
                 # Two versions of one model were aliased at once and the store's insert-or-update
                 # raced; the alias row exists now, so setting it again updates it.
-                client.set_registered_model_alias(model_name, REGISTERED_ALIAS, number)
+                alias(client)
 
         self._call("set_registered_model_alias", set_alias, model_name=model_name, version=number)
         return ModelVersionRef(model_name, number, f"models:/{model_name}/{number}")

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from app.db import JSONType, StatusType, UTCDateTime, utcnow
+from app.db import JSONType, StatusType, UTCDateTime, empty_list, utcnow
 
 
 class RegistrationStatus(StrEnum):
@@ -69,7 +69,7 @@ class Registration(SQLModel, table=True):
     tags: dict[str, str] = Field(default_factory=dict, sa_type=JSONType)
 
     error: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
-    event_ids: list[str] = Field(default_factory=list, sa_type=JSONType)
+    event_ids: list[str] = Field(default_factory=empty_list, sa_type=JSONType)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     registered_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -134,6 +134,9 @@ def live_service(data_dir: Path) -> Iterator[LiveService]:
 
 # A scripted HTTP server ---------------------------------------------------------------------------
 
+# One scripted answer: status, extra headers, and a body (bytes as they are, anything else as JSON).
+Step = tuple[int, dict[str, str], Any]
+
 
 @dataclass
 class Recorded:
@@ -150,7 +153,7 @@ class Recorded:
 class Scripted:
     """Answers from `script` in order (the last one repeats); records every request."""
 
-    script: list[tuple[int, dict[str, str], Any]]
+    script: list[Step]
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
 
@@ -200,7 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def scripted_server(*script: tuple[int, dict[str, str], Any]) -> Iterator[Scripted]:
+def scripted_server(*script: Step) -> Iterator[Scripted]:
     scripted = Scripted(list(script))
     handler = type("Handler", (_Handler,), {"scripted": scripted})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)

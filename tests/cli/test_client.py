@@ -22,7 +22,7 @@ from hokusai_client import (
 )
 from hokusai_client.transport import RetryNotice
 from tests.cli.payloads import EVALUATING, REGISTERED, REJECTED
-from tests.cli.servers import scripted_server
+from tests.cli.servers import Step, scripted_server
 from tests.mlflow_server import free_port
 
 PROBLEM = {"Content-Type": "application/problem+json"}
@@ -42,7 +42,7 @@ class TestAnswers:
         assert server.requests[0].headers["authorization"] == "Bearer k"
 
     def test_iter_tokens_follows_every_page(self) -> None:
-        pages = (
+        pages: tuple[Step, ...] = (
             (200, {}, {"items": [{"token_id": "A"}], "next_cursor": "c2"}),
             (200, {}, {"items": [{"token_id": "B"}], "next_cursor": None}),
         )

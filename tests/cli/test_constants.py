@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -82,8 +82,11 @@ def test_scopes_and_event_types() -> None:
     assert served == set(constants.EVENT_TYPES)
 
 
-def _subclasses(cls: type) -> list[type]:
-    found = []
+T = TypeVar("T")
+
+
+def _subclasses(cls: type[T]) -> list[type[T]]:
+    found: list[type[T]] = []
     for sub in cls.__subclasses__():
         found += [sub, *_subclasses(sub)]
     return found
@@ -91,9 +94,8 @@ def _subclasses(cls: type) -> list[type]:
 
 def _service_codes() -> dict[str, int | None]:
     """Every code app/errors.py can put in a problem, with its status where a class says it."""
-    codes: dict[str, int | None] = {
-        cls.code: cls.status for cls in [errors.AppError, *_subclasses(errors.AppError)]
-    }
+    classes: list[type[errors.AppError]] = [errors.AppError, *_subclasses(errors.AppError)]
+    codes: dict[str, int | None] = {cls.code: cls.status for cls in classes}
     for status, error in errors.HTTP_ERRORS.items():
         codes.setdefault(error.code, status)
     source = Path(errors.__file__).read_text()

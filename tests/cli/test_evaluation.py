@@ -14,7 +14,7 @@ from joserfc.jwk import OKPKey
 
 from tests.cli.conftest import invoke
 from tests.cli.payloads import EVALUATING, REGISTERED, REJECTED, RUNNING, form_fields
-from tests.cli.servers import scripted_server
+from tests.cli.servers import Step, scripted_server
 from tests.factories import pickle_bytes
 
 PROBLEM = {"Content-Type": "application/problem+json"}
@@ -28,7 +28,7 @@ BENCHMARK = {
     "classes": [0, 1],
     "created_at": "2026-12-01T10:00:00Z",
 }
-HAS_BENCHMARK = (200, {}, BENCHMARK)
+HAS_BENCHMARK: Step = (200, {}, BENCHMARK)
 
 
 @pytest.fixture
@@ -56,7 +56,12 @@ def register(model: Path, *extra: str) -> list[str]:
 
 class TestWaitingForAnEvaluation:
     def test_waits_until_registered_and_exits_0(self, model_file: Path) -> None:
-        script = (HAS_BENCHMARK, (202, {}, EVALUATING), (200, {}, RUNNING), (200, {}, REGISTERED))
+        script: tuple[Step, ...] = (
+            HAS_BENCHMARK,
+            (202, {}, EVALUATING),
+            (200, {}, RUNNING),
+            (200, {}, REGISTERED),
+        )
         with scripted_server(*script) as server:
             result = invoke(*register(model_file), url=server.url)
         assert result.exit_code == 0, result.output
@@ -78,7 +83,7 @@ class TestWaitingForAnEvaluation:
     def test_a_refused_evaluation_exits_5_with_the_registration_on_json(
         self, model_file: Path
     ) -> None:
-        script = (HAS_BENCHMARK, (202, {}, EVALUATING), (200, {}, REJECTED))
+        script: tuple[Step, ...] = (HAS_BENCHMARK, (202, {}, EVALUATING), (200, {}, REJECTED))
         with scripted_server(*script) as server:
             result = invoke(*register(model_file, "--json"), url=server.url)
         assert result.exit_code == 5
@@ -134,7 +139,7 @@ class TestSdkCompatibility:
 
         from hokusai_client.commands import app
 
-        page = {"items": [], "next_cursor": None}
+        page: dict[str, Any] = {"items": [], "next_cursor": None}
         with scripted_server((200, {}, page)) as server:
             env = {"HOKUSAI_API_URL": None, "HOKUSAI_API_ENDPOINT": None, "HOKUSAI_API_KEY": "k"}
             if how == "HOKUSAI_API_ENDPOINT":

@@ -14,6 +14,7 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,7 +30,7 @@ from tests.cli.servers import HOKUSAI, cli_env, run_cli, scripted_server
 from tests.factories import MLMODEL_WITH_SIGNATURE, pickle_bytes
 from tests.mlflow_server import free_port
 
-REGISTERED = {
+REGISTERED: dict[str, Any] = {
     "registration_id": "r-1",
     "token_id": "XRAY",
     "status": "registered",
@@ -482,7 +483,9 @@ class TestPacking:
         if fmt is uploads.PackFormat.TAR_GZ:
             with tarfile.open(a) as tar:
                 members = {m.name: m for m in tar.getmembers()}
-                assert tar.extractfile("MLmodel").read().decode() == MLMODEL_WITH_SIGNATURE
+                mlmodel = tar.extractfile("MLmodel")
+                assert mlmodel is not None
+                assert mlmodel.read().decode() == MLMODEL_WITH_SIGNATURE
             assert sorted(members) == ["MLmodel", "code/predict.py", "model.pkl"]
             assert stat.S_IMODE(members["code/predict.py"].mode) == 0o755
             assert stat.S_IMODE(members["model.pkl"].mode) == 0o644

@@ -24,6 +24,7 @@ import pytest
 import requests
 import sqlalchemy.exc
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import RegisteredModelTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import (
     INTERNAL_ERROR,
@@ -32,6 +33,8 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
 )
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+from mlflow.telemetry import get_telemetry_client
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from app.clients.mlflow import (
@@ -69,7 +72,9 @@ def early_server(
 ) -> Iterator[MlflowServer | None]:
     """Boot `mlflow server` (~20-30 s) in the background while the local-store tests run."""
     selected = any(
-        item.get_closest_marker("e2e") is not None and item.module is request.module
+        isinstance(item, pytest.Function)
+        and item.get_closest_marker("e2e") is not None
+        and item.module is request.module
         for item in request.session.items
     )
     if not selected:
@@ -375,6 +380,28 @@ class TestHappyPath:
         assert registry.find_versions_for_run(model_name, second_run) == [second]
 
 
+class TestExistingRegisteredModel:
+    """A registered model the registration did not create goes through the client's checks."""
+
+    def test_a_prompts_name_gets_no_alias(
+        self, store: Store, registry: MlflowRegistry, reader: MlflowClient, model_file: Path
+    ) -> None:
+        name = unique_model_name()
+        # MlflowClient refuses prompt tags on a registered model; the store writes what a
+        # prompt registration leaves behind.
+        SqlAlchemyStore(store.tracking_uri).create_registered_model(
+            name, tags=[RegisteredModelTag("mlflow.prompt.is_prompt", "true")]
+        )
+        run_id = registry.start_run(run_name="prompt", tags=run_tags())
+        registry.log_model_file(run_id, model_file)
+
+        with pytest.raises(MlflowError, match="set_registered_model_alias"):
+            registry.register_version(run_id=run_id, model_name=name, tags=version_tags())
+
+        with pytest.raises(MlflowException):
+            reader.get_model_version_by_alias(name, REGISTERED_ALIAS)
+
+
 class TestConcurrency:
     def test_concurrent_ensure_experiment_creates_one_experiment(
         self, template_db: Path, tmp_path: Path
@@ -573,6 +600,8 @@ class TestSetUp:
         with configured_mlflow(request_timeout=4):
             assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "4"
             assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+            assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+            assert get_telemetry_client() is None
             assert logging.getLogger("mlflow").propagate is True
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the module's own block
         assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in os.environ

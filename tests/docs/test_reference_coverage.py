@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import typer.main
@@ -135,8 +135,11 @@ def error_codes() -> set[str]:
     return codes
 
 
-def _subclasses(cls: type) -> list[type]:
-    found = []
+T = TypeVar("T")
+
+
+def _subclasses(cls: type[T]) -> list[type[T]]:
+    found: list[type[T]] = []
     for sub in cls.__subclasses__():
         found += [sub, *_subclasses(sub)]
     return found

@@ -327,5 +327,6 @@ class TestLargeUpload:
         assert list(api.settings.upload_dir.iterdir()) == []
         [version] = model_versions(api, f"hokusai-{draft}")
         uri = api.settings.resolved_tracking_uri
+        assert version.run_id is not None
         local = MlflowClient(tracking_uri=uri).download_artifacts(version.run_id, "model/model.pkl")
         assert sha256(Path(local).read_bytes()) == sha256(model)

@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.generation.case import Case
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -37,6 +37,9 @@ from app.db import Database
 from app.main import create_app
 from app.manage import migrate
 from tests.support.service import make_settings
+
+if TYPE_CHECKING:
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -121,7 +124,7 @@ def fuzz_run(request: pytest.FixtureRequest) -> Iterator[FuzzRun]:
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_api_conforms_to_its_schema(case: Case, fuzz_run: FuzzRun) -> None:
+def test_api_conforms_to_its_schema(case: OpenApiCase, fuzz_run: FuzzRun) -> None:
     run = fuzz_run
     if case.query and "wait" in case.query and case.operation.path == "/events":
         # A long poll on an empty feed only waits; it tells the fuzz nothing new.

@@ -418,12 +418,11 @@ async def send_raw_parts(
     boundary = "hostile" + uuid.uuid4().hex
     body = b"".join(b"--" + boundary.encode() + b"\r\n" + part + b"\r\n" for part in parts)
     body += b"--" + boundary.encode() + b"--\r\n"
-    headers: dict[str, str | bytes] = {
-        **target.api.auth(),
-        "Content-Type": f"multipart/form-data; boundary={boundary}",
-    }
+    # As bytes throughout, so that a hostile key goes out exactly as given.
+    headers = {name.encode(): value.encode() for name, value in target.api.auth().items()}
+    headers[b"Content-Type"] = f"multipart/form-data; boundary={boundary}".encode()
     if idempotency_key is not None:
-        headers["Idempotency-Key"] = idempotency_key
+        headers[b"Idempotency-Key"] = idempotency_key
     return await target.api.client.post(
         f"/models/{target.token_id}/register", content=body, headers=headers
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -362,7 +362,9 @@ class TestModelNames:
         )
         # A registered model with no versions and no owner holds nothing: it may be used.
         assert response.status_code == 201, response.text
-        run = mlflow(api).create_run(mlflow(api).get_experiment_by_name("Default").experiment_id)
+        default = mlflow(api).get_experiment_by_name("Default")
+        assert default is not None
+        run = mlflow(api).create_run(default.experiment_id)
         other = f"outside-{uuid.uuid4().hex[:8]}"
         mlflow(api).create_registered_model(other)
         mlflow(api).create_model_version(other, f"runs:/{run.info.run_id}/m", run.info.run_id)
@@ -421,7 +423,7 @@ class TestNonUtf8PartHeaders:
 BAD_KEY = {"Authorization": "Bearer hok_ffffffffffff_not-a-real-secret"}
 
 
-async def _app_client(settings: Settings, address: str) -> AsyncIterator[httpx.AsyncClient]:
+async def _app_client(settings: Settings, address: str) -> AsyncGenerator[httpx.AsyncClient, None]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=(address, 40000))
@@ -515,11 +517,11 @@ class TestTokenMetadataCap:
 class TestDefaultCaps:
     def test_unpacking_is_bounded_by_default(self) -> None:
         # The contract's default, 4 x MAX_UPLOAD_BYTES; the free disk bounds it further.
-        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None)
         assert settings.max_upload_bytes == 2 * GiB
         assert settings.unpacked_limit == 8 * GiB
-        assert Settings(_env_file=None, max_upload_bytes=GiB // 2).unpacked_limit == 2 * GiB  # type: ignore[call-arg]
-        assert Settings(_env_file=None, max_unpacked_bytes=10 * GiB).unpacked_limit == 10 * GiB  # type: ignore[call-arg]
+        assert Settings(_env_file=None, max_upload_bytes=GiB // 2).unpacked_limit == 2 * GiB
+        assert Settings(_env_file=None, max_unpacked_bytes=10 * GiB).unpacked_limit == 10 * GiB
 
     def test_no_proxy_is_trusted_by_default(self) -> None:
-        assert Settings(_env_file=None).forwarded_allow_ips is None  # type: ignore[call-arg]
+        assert Settings(_env_file=None).forwarded_allow_ips is None
