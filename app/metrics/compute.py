@@ -341,14 +341,17 @@ def _first_bad(
 
 def _usable(values: FloatArray, kind: Kind) -> npt.NDArray[np.bool_]:
     """Which values are finite numbers of `kind`."""
+    ok: npt.NDArray[np.bool_]
     with np.errstate(invalid="ignore"):
         if kind is Kind.BINARY:
-            return (values == 0) | (values == 1)
-        if kind is Kind.PROBABILITY:
-            return (values >= 0) & (values <= 1)
-        if kind is Kind.LABEL:
-            return (values == np.floor(values)) & (np.abs(values) <= _MAX_LABEL)
-        return np.isfinite(values)
+            ok = (values == 0) | (values == 1)
+        elif kind is Kind.PROBABILITY:
+            ok = (values >= 0) & (values <= 1)
+        elif kind is Kind.LABEL:
+            ok = (values == np.floor(values)) & (np.abs(values) <= _MAX_LABEL)
+        else:
+            ok = np.isfinite(values)
+    return ok
 
 
 # Columns already in memory (a benchmark's labels, a sandboxed model's output) --------------------
