@@ -299,14 +299,17 @@ def _bwrap_argv(
             parents(path)
             argv += ["--ro-bind", path, path]
             made.add(path)
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    for scratch in SCRATCH_INSIDE:
+        argv += ["--perms", "1777", "--size", str(int(limits.tmp_bytes)), "--tmpfs", scratch]
+    made.update(("/proc", "/dev", *SCRATCH_INSIDE))
+    # The runtime after the scratch mounts: an interpreter installed under /tmp (a checkout
+    # there) is bound on top of the sandbox's own /tmp rather than hidden by it.
     for path in _runtime_dirs():
         if not any(path == m or path.startswith(m + "/") for m in ("/usr",)):
             parents(path)
             argv += ["--ro-bind", path, path]
             made.add(path)
-    argv += ["--proc", "/proc", "--dev", "/dev"]
-    for scratch in SCRATCH_INSIDE:
-        argv += ["--perms", "1777", "--size", str(int(limits.tmp_bytes)), "--tmpfs", scratch]
     if job_in is not None:
         argv += ["--ro-bind", str(job_in), JOB_INSIDE]
     argv += ["--remount-ro", "/", "--chdir", TMP_INSIDE, "--clearenv"]
@@ -342,9 +345,6 @@ def _unshare_argv(
             lines.append(f'ln -s {q(os.readlink(path))} "$R"{q(path)}')
         else:
             bind(path, path, file=kind == "file")
-    for path in _runtime_dirs():
-        if not path.startswith("/usr/") and path != "/usr":
-            bind(path, path)
     lines += [
         'mkdir -p "$R/proc" "$R/dev/shm" "$R/tmp"',
         f'{mount} -t proc -o nosuid,nodev,noexec proc "$R/proc"',
@@ -354,6 +354,10 @@ def _unshare_argv(
             f"{mount} -t tmpfs -o mode=1777,size={int(limits.tmp_bytes)},nosuid,nodev "
             f'tmpfs "$R"{scratch}'
         )
+    # The runtime after the scratch mounts, so one installed under /tmp stays visible.
+    for path in _runtime_dirs():
+        if not path.startswith("/usr/") and path != "/usr":
+            bind(path, path)
     for device in ("null", "zero", "full", "random", "urandom"):
         lines += [f'touch "$R/dev/{device}"', f'{mount} --bind /dev/{device} "$R/dev/{device}"']
     if job_in is not None:
