@@ -27,7 +27,7 @@ from app.events.listener import start_listener
 from app.events.router import router as feed_router
 from app.events.signal import EventSignal
 from app.events.webhooks.router import router as webhooks_router
-from app.logging import configure_logging
+from app.log_config import configure_logging
 from app.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from app.observability import refreshing_backlog
 from app.openapi import install_openapi

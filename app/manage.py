@@ -132,7 +132,7 @@ def _worker(_args: argparse.Namespace) -> None:
     from app.evaluation.worker import evaluating_standalone
     from app.events.dispatcher import dispatching
     from app.events.listener import listen_for_events
-    from app.logging import configure_logging
+    from app.log_config import configure_logging
     from app.observability import refreshing_backlog
 
     settings = get_settings()

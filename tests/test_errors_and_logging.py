@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 import app.tokens.service
-from app.logging import configure_logging
+from app.log_config import configure_logging
 from tests.factories import create_token, register
 from tests.support.service import Api
 

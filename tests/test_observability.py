@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.clients.mlflow import MlflowError
 from app.config import Environment
 from app.errors import MlflowUnavailable
-from app.logging import configure_logging
+from app.log_config import configure_logging
 from app.main import create_app
 from app.observability import refresh_backlog, refreshing_backlog
 from tests.factories import create_token, pickle_bytes, register

@@ -36,16 +36,16 @@ from app.errors import (
     UploadIncomplete,
     ValidationFailed,
 )
-from app.metrics.compute import (
+from app.registration.multipart import MultipartParser, PartHeaders, PartSink, boundary_of
+from app.registration.upload import UploadLimits, capped_body
+from app.scoring.compute import (
     COLUMNS,
     CellError,
     Kind,
     compute_from_columns,
     parse_column,
 )
-from app.metrics.registry import METRICS, MetricSpec
-from app.registration.multipart import MultipartParser, PartHeaders, PartSink, boundary_of
-from app.registration.upload import UploadLimits, capped_body
+from app.scoring.registry import METRICS, MetricSpec
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -11,7 +11,7 @@ same interval every time, and anyone with the predictions and labels can recompu
 Per-row quantities (squared errors, outcome codes, score groups) are computed once; a block of
 samples then costs a gather and a sum (or one `bincount`), vectorised over the block. AUROC uses
 the rank-sum form over groups of equal score, found once by sorting; ties count one half, as in
-`app.metrics.compute`.
+`app.scoring.compute`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.metrics.registry import MetricSpec
+from app.scoring.registry import MetricSpec
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -156,7 +156,7 @@ def _auroc(p: Prepared, draws: IntArray) -> FloatArray:
     slots = (p["slot"][draws] + 2 * groups * np.arange(size, dtype=np.int64)[:, None]).ravel()
     counts = np.bincount(slots, minlength=2 * groups * size).reshape(size, groups, 2)
     group_neg, group_pos = counts[:, :, 0], counts[:, :, 1]
-    # Counted in integers, as app.metrics.compute does: the one division is the only rounding.
+    # Counted in integers, as app.scoring.compute does: the one division is the only rounding.
     neg_below = np.cumsum(group_neg, axis=1) - group_neg
     half_points = np.sum(group_pos * (2 * neg_below + group_neg), axis=1)
     positives = group_pos.sum(axis=1)

@@ -61,15 +61,15 @@ from app.evaluation.sandbox import (
 )
 from app.evaluation.schemas import BenchmarkPublic, Receipt
 from app.events.signal import EventSignal, new_events
-from app.metrics import MetricCheck, evaluate, require_passed
-from app.metrics.compute import COLUMNS, compute_from_columns, first_unusable
-from app.metrics.registry import METRICS, MetricSpec
-from app.metrics.validation import format_number
 from app.registration import repository as registrations
 from app.registration.artifacts import ModelFormat
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationPublic
 from app.registration.upload import ReceivedFile, RegistrationForm, UploadLimits
+from app.scoring import MetricCheck, evaluate, require_passed
+from app.scoring.compute import COLUMNS, compute_from_columns, first_unusable
+from app.scoring.registry import METRICS, MetricSpec
+from app.scoring.validation import format_number
 from app.tokens import repository as tokens
 from app.tokens.models import REGISTRABLE, Token, TokenStatus
 from app.tokens.schemas import normalize_token_id

@@ -51,8 +51,6 @@ from app.evaluation.service import (
 )
 from app.events.outbox import EventType, NewEvent, write_events
 from app.events.signal import EventSignal
-from app.metrics import MetricCheck
-from app.metrics.registry import METRICS
 from app.registration import repository as registrations
 from app.registration.artifacts import ModelFormat
 from app.registration.models import Registration, RegistrationStatus
@@ -64,6 +62,8 @@ from app.registration.service import (
     log_to_mlflow,
     record_failure,
 )
+from app.scoring import MetricCheck
+from app.scoring.registry import METRICS
 from app.tokens import repository as tokens
 from app.tokens.models import TokenStatus
 

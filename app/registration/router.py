@@ -34,12 +34,12 @@ from app.errors import (
     ValidationFailed,
 )
 from app.evaluation import service as evaluation
-from app.metrics.registry import METRICS
 from app.openapi import REQUEST_NOT_VALID, problem_responses
 from app.registration import sdk_fields, service
 from app.registration.artifacts.names import SINGLE_FILE_EXTENSIONS
 from app.registration.models import RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
+from app.scoring.registry import METRICS
 from app.tokens.schemas import TOKEN_ID_RULE
 
 router = APIRouter(tags=["registrations"])

@@ -57,18 +57,6 @@ from app.errors import (
     ValidationFailed,
 )
 from app.events.outbox import EventType, NewEvent, write_events
-from app.metrics import (
-    MetricCheck,
-    MetricSpec,
-    compute_from_predictions,
-    evaluate,
-    parse_number,
-    require_passed,
-    resolve_metric,
-    validate_baseline,
-    validate_metric_value,
-    validate_min_improvement,
-)
 from app.registration import repository
 from app.registration.artifacts import (
     ARCHIVE_FORMATS,
@@ -85,6 +73,18 @@ from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
 from app.registration.sdk_fields import SDK_FIELDS, parse_sdk_fields
 from app.registration.upload import RegistrationForm, UploadLimits, receive_form
+from app.scoring import (
+    MetricCheck,
+    MetricSpec,
+    compute_from_predictions,
+    evaluate,
+    parse_number,
+    require_passed,
+    resolve_metric,
+    validate_baseline,
+    validate_metric_value,
+    validate_min_improvement,
+)
 from app.tokens import repository as tokens
 from app.tokens.models import REGISTRABLE, Token, TokenStatus
 from app.tokens.schemas import normalize_token_id

@@ -19,7 +19,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.events.outbox import EventType, NewEvent, write_events
-from app.metrics import resolve_metric, validate_baseline
+from app.scoring import resolve_metric, validate_baseline
 from app.tokens import repository
 from app.tokens.models import Token, TokenStatus
 from app.tokens.schemas import TokenCreate, TokenPage, TokenPublic, TokenUpdate, normalize_token_id

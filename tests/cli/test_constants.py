@@ -19,8 +19,8 @@ from app.auth.models import Scope
 from app.events.models import DeliveryStatus
 from app.events.outbox import EventType
 from app.main import create_app
-from app.metrics.registry import METRICS as SERVICE_METRICS
 from app.registration.models import RegistrationStatus
+from app.scoring.registry import METRICS as SERVICE_METRICS
 from app.tokens.models import TokenStatus
 from hokusai_client import constants
 from hokusai_client.commands.errors import HINTS

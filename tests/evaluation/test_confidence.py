@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as sk
 
 from app.evaluation.confidence import RESAMPLES, bootstrap_values, interval, seed_for
-from app.metrics import resolve_metric
+from app.scoring import resolve_metric
 
 SKLEARN: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": sk.accuracy_score,

@@ -7,6 +7,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -30,10 +31,11 @@ def _pem(key: object) -> str:
     ).decode()
 
 
-def _verify(token: str, jwks: dict[str, object]) -> dict[str, object]:
+def _verify(token: str, jwks: dict[str, Any]) -> dict[str, object]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # joserfc prefers RFC 9864's "Ed25519" to "EdDSA"
-        verified = jws.deserialize_compact(token, KeySet.import_key_set(jwks), algorithms=["EdDSA"])
+        keys = KeySet.import_key_set({"keys": jwks["keys"]})
+        verified = jws.deserialize_compact(token, keys, algorithms=["EdDSA"])
     payload: dict[str, object] = json.loads(verified.payload)
     return payload
 

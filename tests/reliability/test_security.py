@@ -3,7 +3,7 @@
 Row numbers refer to the review: 1 client file names as paths, 2 multipart caps, 3 model names of
 other tokens, 7 non-UTF-8 part headers, 8 the shared failed-auth limit, 9 the metadata cap on
 update, 10 default caps. The rows that need a real server (timing, RSS, dropped connections) are in
-test_security_processes.py; the bounded memory of row 4 is in tests/metrics.
+test_security_processes.py; the bounded memory of row 4 is in tests/scoring.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Metric rules: which metrics exist, how a value is checked against a baseline, and how a metric
 is computed from a predictions file."""
 
-from app.metrics.compute import compute_from_predictions, required_columns
-from app.metrics.registry import METRICS, MetricSpec, resolve_metric, supported_metric_names
-from app.metrics.validation import (
+from app.scoring.compute import compute_from_predictions, required_columns
+from app.scoring.registry import METRICS, MetricSpec, resolve_metric, supported_metric_names
+from app.scoring.validation import (
     TIE_TOLERANCE,
     MetricCheck,
     evaluate,

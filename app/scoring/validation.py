@@ -19,7 +19,7 @@ from app.errors import (
     MetricBelowBaseline,
     ValidationFailed,
 )
-from app.metrics.registry import MetricSpec
+from app.scoring.registry import MetricSpec
 
 TIE_TOLERANCE = 1e-9
 

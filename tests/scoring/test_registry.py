@@ -5,7 +5,7 @@ import math
 import pytest
 
 from app.errors import UnsupportedMetric
-from app.metrics import METRICS, MetricSpec, resolve_metric, supported_metric_names
+from app.scoring import METRICS, MetricSpec, resolve_metric, supported_metric_names
 
 INF = math.inf
 

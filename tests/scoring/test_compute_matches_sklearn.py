@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-import app.metrics.compute as compute_module
+import app.scoring.compute as compute_module
 from app.errors import InvalidPredictions
-from app.metrics import compute_from_predictions, resolve_metric
+from app.scoring import compute_from_predictions, resolve_metric
 
 TOLERANCE = 1e-9
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 from app.errors import InvalidPredictions
-from app.metrics import METRICS, compute_from_predictions, required_columns, resolve_metric
+from app.scoring import METRICS, compute_from_predictions, required_columns, resolve_metric
 
 WriteCsv = Callable[..., Path]  # the write_csv fixture in conftest.py
 

@@ -11,7 +11,7 @@ from app.errors import (
     MetricBelowBaseline,
     ValidationFailed,
 )
-from app.metrics import (
+from app.scoring import (
     METRICS,
     TIE_TOLERANCE,
     MetricCheck,

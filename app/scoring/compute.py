@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from app.errors import InvalidPredictions
-from app.metrics.registry import METRICS, MetricSpec
-from app.metrics.validation import NUMBER_PATTERN
+from app.scoring.registry import METRICS, MetricSpec
+from app.scoring.validation import NUMBER_PATTERN
 
 if TYPE_CHECKING:
     from _csv import Reader as _csv_reader

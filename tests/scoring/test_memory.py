@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from app.errors import InvalidPredictions
-from app.metrics import resolve_metric
-from app.metrics.compute import compute_from_predictions
+from app.scoring import resolve_metric
+from app.scoring.compute import compute_from_predictions
 
 MiB = 1024 * 1024
 
