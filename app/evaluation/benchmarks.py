@@ -37,7 +37,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.registration.multipart import MultipartParser, PartHeaders, PartSink, boundary_of
-from app.registration.upload import UploadLimits, capped_body
+from app.registration.upload import FieldTarget, IgnoredPart, UploadLimits, capped_body
 from app.scoring.compute import (
     COLUMNS,
     CellError,
@@ -115,34 +115,6 @@ def metric_for_benchmark(metric: str | None) -> MetricSpec:
 # Receiving ---------------------------------------------------------------------------------------
 
 
-class _TextField:
-    def __init__(self, name: str, values: dict[str, str]) -> None:
-        self._name = name
-        self._values = values
-        self._data = bytearray()
-        if name in values:
-            raise ValidationFailed(f"the field {name!r} was sent more than once")
-
-    def write(self, chunk: bytes) -> None:
-        self._data += chunk
-        if len(self._data) > MAX_FIELD_BYTES:
-            raise ValidationFailed(f"the field {self._name!r} is longer than {MAX_FIELD_BYTES}")
-
-    def finish(self) -> None:
-        try:
-            self._values[self._name] = self._data.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            raise ValidationFailed(f"the field {self._name!r} is not UTF-8 text") from e
-
-
-class _Ignored:
-    def write(self, chunk: bytes) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
 class _DatasetFile:
     """Writes the dataset to `path` (a name the service chose), hashing and capping it."""
 
@@ -216,8 +188,8 @@ async def receive_dataset(
         if part.name == DATASET_FIELD:
             return dataset.start()
         if part.name == LABEL_FIELD:
-            return _TextField(LABEL_FIELD, fields)
-        return _Ignored()
+            return FieldTarget(LABEL_FIELD, fields, limit=MAX_FIELD_BYTES)
+        return IgnoredPart()
 
     parser = MultipartParser(boundary_of(content_type), on_part, max_parts=MAX_PARTS)
     try:

@@ -112,10 +112,15 @@ class RegistrationForm:
     predictions: ReceivedFile | None
 
 
-class _FieldTarget:
-    def __init__(self, name: str, received: dict[str, str]) -> None:
+class FieldTarget:
+    """A text part: at most `limit` bytes of UTF-8, sent once, stored into `received`."""
+
+    def __init__(
+        self, name: str, received: dict[str, str], *, limit: int = MAX_FIELD_BYTES
+    ) -> None:
         self._name = name
         self._received = received
+        self._limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
         if name in received:
@@ -123,10 +128,8 @@ class _FieldTarget:
 
     def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size > MAX_FIELD_BYTES:
-            raise ValidationFailed(
-                f"the field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes"
-            )
+        if self._size > self._limit:
+            raise ValidationFailed(f"the field {self._name!r} is longer than {self._limit} bytes")
         self._chunks.append(chunk)
 
     def finish(self) -> None:
@@ -136,7 +139,7 @@ class _FieldTarget:
             raise ValidationFailed(f"the field {self._name!r} is not UTF-8 text") from e
 
 
-class _Ignored:
+class IgnoredPart:
     """A part this version does not read; its bytes still count against the body's cap."""
 
     def write(self, chunk: bytes) -> None:
@@ -347,8 +350,8 @@ async def receive_form(
         if name == PREDICTIONS_FIELD:
             return predictions.start(part.filename or "")
         if name in TEXT_FIELDS:
-            return _FieldTarget(name, fields)
-        return _Ignored()
+            return FieldTarget(name, fields)
+        return IgnoredPart()
 
     parser = MultipartParser(boundary_of(content_type), on_part, max_parts=MAX_PARTS)
     try:
