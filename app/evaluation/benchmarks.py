@@ -11,7 +11,6 @@ reads. Memory holds one block of rows and the labels as float64 (8 bytes a row, 
 from __future__ import annotations
 
 import csv
-import hashlib
 import operator
 import os
 import re
@@ -21,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -34,10 +33,15 @@ from app.errors import (
     UnsupportedMediaType,
     UnsupportedMetric,
     UploadIncomplete,
-    ValidationFailed,
 )
 from app.registration.multipart import MultipartParser, PartHeaders, PartSink, boundary_of
-from app.registration.upload import FieldTarget, IgnoredPart, UploadLimits, capped_body
+from app.registration.upload import (
+    FieldTarget,
+    FileTarget,
+    IgnoredPart,
+    UploadLimits,
+    capped_body,
+)
 from app.scoring.compute import (
     COLUMNS,
     CellError,
@@ -115,49 +119,11 @@ def metric_for_benchmark(metric: str | None) -> MetricSpec:
 # Receiving ---------------------------------------------------------------------------------------
 
 
-class _DatasetFile:
-    """Writes the dataset to `path` (a name the service chose), hashing and capping it."""
-
-    def __init__(self, path: Path, limit: int) -> None:
-        self.path = path
-        self._limit = limit
-        self._hash = hashlib.sha256()
-        self._file: BinaryIO | None = None
-        self.size = 0
-        self.started = False
-        self.done = False
-
-    def start(self) -> _DatasetFile:
-        if self.started:
-            raise ValidationFailed(f"the file field {DATASET_FIELD!r} was sent more than once")
-        self.started = True
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
-        return self
-
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self._limit:
-            raise PayloadTooLarge(
-                f"the benchmark file is larger than the limit of {self._limit} bytes",
-                extra={"limit_bytes": self._limit},
-            )
-        self._hash.update(chunk)
-        assert self._file is not None
-        self._file.write(chunk)
-
-    def finish(self) -> None:
-        self.close()
-        self.done = True
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
+def _dataset_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the benchmark file is larger than the limit of {limit} bytes",
+        extra={"limit_bytes": limit},
+    )
 
 
 async def receive_dataset(
@@ -177,16 +143,19 @@ async def receive_dataset(
     limit = limits.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise PayloadTooLarge(
-            f"the benchmark file is larger than the limit of {limit} bytes",
-            extra={"limit_bytes": limit},
-        )
+        raise _dataset_too_large(limit)
     fields: dict[str, str] = {}
-    dataset = _DatasetFile(directory / "dataset.csv", limit)
+    dataset = FileTarget(
+        directory=directory,
+        limit=limit,
+        too_large=_dataset_too_large,
+        on_start=lambda _client_name: "dataset.csv",
+        file_mode=0o600,
+    )
 
     def on_part(part: PartHeaders) -> PartSink:
         if part.name == DATASET_FIELD:
-            return dataset.start()
+            return dataset.start(part.filename or "")
         if part.name == LABEL_FIELD:
             return FieldTarget(LABEL_FIELD, fields, limit=MAX_FIELD_BYTES)
         return IgnoredPart()
@@ -202,13 +171,14 @@ async def receive_dataset(
     if not dataset.done:
         raise InvalidBenchmark(
             "send the benchmark CSV as the multipart file field 'dataset'"
-            if not dataset.started
+            if dataset.filename is None
             else "the dataset file part is incomplete"
         )
     parser.close()
     label = fields.get(LABEL_FIELD) or DEFAULT_LABEL_COLUMN
+    received = dataset.received()
     return ReceivedDataset(
-        path=dataset.path, size=dataset.size, sha256=dataset.sha256, label_column=label
+        path=received.path, size=received.size, sha256=received.sha256, label_column=label
     )
 
 

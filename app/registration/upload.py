@@ -16,6 +16,7 @@ stalls before its form is complete raises `UploadIncomplete`, which is not recor
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -149,8 +150,12 @@ class IgnoredPart:
         pass
 
 
-class _FileTarget:
-    """Writes a file part to `directory/<a name the service chose>`, hashing and capping it."""
+class FileTarget:
+    """Writes a file part to `directory/<a name the service chose>`, hashing and capping it.
+
+    `on_start` checks the client's file name and answers the stored name; `file_mode` is the new
+    file's permissions (before the umask).
+    """
 
     def __init__(
         self,
@@ -159,11 +164,13 @@ class _FileTarget:
         limit: int,
         too_large: Callable[[int], AppError],
         on_start: Callable[[str], str],
+        file_mode: int = 0o666,
     ) -> None:
         self._directory = directory
         self._limit = limit
         self._too_large = too_large
         self._on_start = on_start
+        self._file_mode = file_mode
         self._hash = hashlib.sha256()
         self._head = bytearray()
         self._file: BinaryIO | None = None
@@ -172,15 +179,16 @@ class _FileTarget:
         self.filename: str | None = None
         self.done = False
 
-    def start(self, filename: str) -> _FileTarget:
+    def start(self, filename: str) -> FileTarget:
         if self.filename is not None:
             raise ValidationFailed("a file field was sent more than once")
         self.filename = filename
         stored = self._on_start(filename)
         self._directory.mkdir(parents=True, exist_ok=True)
         self.path = self._directory / stored
-        # "x": the folder is the attempt's own and new; nothing there may be replaced.
-        self._file = self.path.open("xb", buffering=_WRITE_BUFFER)
+        # O_EXCL: the folder is the upload's own and new; nothing there may be replaced.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
         return self
 
     def write(self, chunk: bytes) -> None:
@@ -328,13 +336,13 @@ async def receive_form(
             raise InvalidPredictions("predictions must be a .csv file")
         return _PREDICTIONS_NAME
 
-    model = _FileTarget(
+    model = FileTarget(
         directory=directory / "model",
         limit=limits.max_upload_bytes,
         too_large=_model_too_large,
         on_start=model_started,
     )
-    predictions = _FileTarget(
+    predictions = FileTarget(
         directory=directory / "predictions",
         limit=limits.max_predictions_bytes,
         too_large=_predictions_too_large,
@@ -382,7 +390,7 @@ async def receive_form(
     )
 
 
-def _sent_predictions(target: _FileTarget) -> ReceivedFile | None:
+def _sent_predictions(target: FileTarget) -> ReceivedFile | None:
     """The predictions file, or None when none was sent (no part, or an empty file field)."""
     if not target.done:
         return None
