@@ -19,7 +19,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.factories import pickle_bytes
-from tests.mlflow_server import MlflowServer, free_port
+from tests.mlflow_server import MlflowServer
+from tests.support.process import serving
 from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
@@ -72,35 +73,9 @@ def service(
         text=True,
     )
     key = created.stdout.strip().splitlines()[-1]
-    port = free_port()
     log_path = data_dir / "service.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [BIN / "hokusai-registry", "serve", "--port", str(port), "--no-migrate"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"service not ready:\n{log_path.read_text()}"
-            time.sleep(0.2)
+    with serving(env, log_path, args=("--no-migrate",)) as url:
         yield url, key
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
     log = log_path.read_text()
     assert key.split("_", 2)[2] not in log, "an API key reached the log"
 

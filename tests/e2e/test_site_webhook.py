@@ -20,8 +20,8 @@ import psycopg
 import pytest
 
 from tests.factories import mlflow_zip
-from tests.mlflow_server import free_port
 from tests.site_receiver import parse_site_body, site_responder, site_signature_ok
+from tests.support.process import serving
 from tests.support.service import POSTGRES_ADMIN_URL
 from tests.webhook_receiver import WebhookReceiver
 
@@ -58,35 +58,9 @@ def serve(data_dir: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
         text=True,
     )
     key = created.stdout.strip().splitlines()[-1]
-    port = free_port()
     log_path = data_dir / "service.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [BIN / "hokusai-registry", "serve", "--port", str(port)],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"service not ready:\n{log_path.read_text()}"
-            time.sleep(0.2)
+    with serving(env, log_path, ready_within=90) as url:
         yield url, key
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
     assert SITE_SECRET not in log_path.read_text(), "the site's secret reached the log"
 
 
