@@ -202,6 +202,7 @@ class TestSpares:
         import time
 
         from app.evaluation import sandbox
+        from app.evaluation.sandbox.spare import SPARES
 
         model = LogisticRegression().fit(features.train, features.labels)
         path = tmp_path / "model.pkl"
@@ -219,13 +220,13 @@ class TestSpares:
         deadline = time.monotonic() + 60
         spare = None
         while time.monotonic() < deadline:
-            spare = sandbox._SPARES._spare
+            spare = SPARES._spare
             if spare is not None:
                 time.sleep(0.5)
-                if sandbox._SPARES._spare is spare:
+                if SPARES._spare is spare:
                     break
             time.sleep(0.1)
-        assert spare is not None and sandbox._SPARES._spare is spare
+        assert spare is not None and SPARES._spare is spare
         assert spare.proc.poll() is None
         _close(run(path, sandbox=bubblewrap).values, model.predict_proba(features.frame)[:, 1])
 

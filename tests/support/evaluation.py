@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.evaluation import sandbox
 from app.evaluation.sandbox import SandboxLimits, SandboxResult
+from app.evaluation.sandbox.limits import UID_BASE, UID_SPAN
 
 ROWS = 240
 DTYPES = {"a": "float64", "b": "float64", "c": "int64"}
@@ -81,7 +81,7 @@ def sandbox_processes() -> dict[int, list[int]]:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         uid = int(fields.get("Uid", "0").split()[0])
         state = fields.get("State", "").strip()[:1]
-        if sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SPAN and state != "Z":
+        if UID_BASE <= uid < UID_BASE + UID_SPAN and state != "Z":
             found.setdefault(uid, []).append(int(entry.name))
     return found
 
