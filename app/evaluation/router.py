@@ -19,7 +19,7 @@ from app.errors import (
     UnsupportedMetric,
     ValidationFailed,
 )
-from app.evaluation import service
+from app.evaluation import benchmark_versions, receipt_payload, service
 from app.evaluation.benchmarks import DEFAULT_LABEL_COLUMN
 from app.evaluation.schemas import EXAMPLE_BENCHMARK, BenchmarkPublic, Jwks, Receipt
 from app.openapi import REQUEST_NOT_VALID, json_example, problem_responses
@@ -119,7 +119,7 @@ async def put_benchmark(
     registered for the token is run on these features in a sandbox and scored by the service on
     the token's metric, which must be one computable from predictions.
     """
-    result, created = await service.put_benchmark(settings, database, request, token_id)
+    result, created = await benchmark_versions.put_benchmark(settings, database, request, token_id)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return result
 
@@ -138,7 +138,7 @@ async def get_benchmark(
     token_id: TokenIdPath, database: DatabaseDep, _: TokensRead
 ) -> BenchmarkPublic:
     """Show the latest version of the token's sealed benchmark (metadata only, never rows)."""
-    return await service.get_benchmark(database, token_id)
+    return await benchmark_versions.get_benchmark(database, token_id)
 
 
 @router.get(
@@ -166,7 +166,7 @@ async def get_receipt(
     `jws` is a compact JWS (alg EdDSA, header `kid`) whose payload is exactly `payload`; verify
     it with any JOSE library against `/.well-known/jwks.json`.
     """
-    return await service.get_receipt(database, registration_id)
+    return await receipt_payload.get_receipt(database, registration_id)
 
 
 @router.get("/.well-known/jwks.json", summary="Receipt signing keys", responses=problem_responses())
