@@ -345,27 +345,11 @@ def _parse_rows(
         at_end = len(chunk) < limit
         if [] in chunk:
             chunk = [row for row in chunk if row]
-        if set(map(len, chunk)) - {width}:
-            index = next(i for i, row in enumerate(chunk) if len(row) != width)
-            raise InvalidBenchmark(
-                f"row {total + index + 1} has {len(chunk[index])} fields; the header has {width}",
-                extra={"row": total + index + 1},
-            )
-        if total + len(chunk) > MAX_ROWS:
-            raise InvalidBenchmark(
-                f"the benchmark has more than {MAX_ROWS} rows", extra={"max_rows": MAX_ROWS}
-            )
+        _check_chunk(chunk, width, total)
         labels = [row[label_index] for row in chunk]
-        try:
-            label_parts.append(parse_column(labels, label_kind, name=names[label_index]))
-        except CellError as bad:
-            # The cell itself is not echoed: labels are never repeated back, not even to the
-            # owner uploading them.
-            raise InvalidBenchmark(
-                f"row {total + bad.index + 1}: the label is not {label_kind.value}, as "
-                f"{spec.name} needs",
-                extra={"row": total + bad.index + 1},
-            ) from None
+        label_parts.append(
+            _parse_labels(labels, spec, label_kind, name=names[label_index], total=total)
+        )
         if len(feature_indices) == 1:
             rows = [(row[feature_indices[0]],) for row in chunk]
         else:
@@ -380,6 +364,36 @@ def _parse_rows(
         raise InvalidBenchmark("the benchmark has a header row but no data rows")
     features = [(name, t.dtype) for name, t in zip(feature_names, types, strict=True)]
     return names[label_index], features, np.concatenate(label_parts)
+
+
+def _check_chunk(chunk: list[list[str]], width: int, total: int) -> None:
+    """Every row of a block has the header's width, and the file stays within `MAX_ROWS`."""
+    if set(map(len, chunk)) - {width}:
+        index = next(i for i, row in enumerate(chunk) if len(row) != width)
+        raise InvalidBenchmark(
+            f"row {total + index + 1} has {len(chunk[index])} fields; the header has {width}",
+            extra={"row": total + index + 1},
+        )
+    if total + len(chunk) > MAX_ROWS:
+        raise InvalidBenchmark(
+            f"the benchmark has more than {MAX_ROWS} rows", extra={"max_rows": MAX_ROWS}
+        )
+
+
+def _parse_labels(
+    labels: list[str], spec: MetricSpec, label_kind: Kind, *, name: str, total: int
+) -> FloatArray:
+    """A block's label cells as numbers; `total` rows came before it."""
+    try:
+        return parse_column(labels, label_kind, name=name)
+    except CellError as bad:
+        # The cell itself is not echoed: labels are never repeated back, not even to the
+        # owner uploading them.
+        raise InvalidBenchmark(
+            f"row {total + bad.index + 1}: the label is not {label_kind.value}, as "
+            f"{spec.name} needs",
+            extra={"row": total + bad.index + 1},
+        ) from None
 
 
 def _check_labels_usable(spec: MetricSpec, labels: FloatArray) -> None:
