@@ -16,7 +16,7 @@ from app.apidocs import router as apidocs_router
 from app.clients.mlflow import MlflowRegistry, configured_mlflow
 from app.config import Settings, get_settings
 from app.db import Database
-from app.errors import install_error_handlers
+from app.error_handlers import install_error_handlers
 from app.evaluation.receipts import load_signer
 from app.evaluation.router import router as evaluation_router
 from app.evaluation.sandbox import SandboxInfo, detect_sandbox

@@ -15,13 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import observability
-from app.errors import (
-    AppError,
-    PayloadTooLarge,
-    RequestHeaderFieldsTooLarge,
-    current_request_id,
-    problem_response,
-)
+from app.error_handlers import current_request_id, problem_response
+from app.errors import AppError, PayloadTooLarge, RequestHeaderFieldsTooLarge
 
 log = structlog.get_logger("app.request")
 
