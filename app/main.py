@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 import anyio
 import structlog
@@ -16,10 +16,10 @@ from app.apidocs import router as apidocs_router
 from app.clients.mlflow import MlflowRegistry, configured_mlflow
 from app.config import Settings, get_settings
 from app.db import Database
-from app.errors import install_error_handlers
+from app.error_handlers import install_error_handlers
 from app.evaluation.receipts import load_signer
 from app.evaluation.router import router as evaluation_router
-from app.evaluation.sandbox import detect_sandbox
+from app.evaluation.sandbox import SandboxInfo, detect_sandbox
 from app.evaluation.service import EvaluationServices, sandbox_usable
 from app.evaluation.worker import evaluating
 from app.events.dispatcher import dispatching
@@ -51,6 +51,19 @@ Authenticate with `Authorization: Bearer <api key>` or `X-API-Key`. Errors are
 """
 
 
+OPENAPI_TAGS = [
+    {"name": "registrations", "description": "Register models and read the attempts."},
+    {"name": "tokens", "description": "Tokens and their status."},
+    {
+        "name": "evaluation",
+        "description": "Sealed benchmarks, evaluation receipts and their keys.",
+    },
+    {"name": "system", "description": "Probes."},
+]
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
 def create_app(
     settings: Settings | None = None, *, registration_hooks: RegistrationHooks = NO_HOOKS
 ) -> FastAPI:
@@ -61,92 +74,16 @@ def create_app(
     """
     settings = settings or get_settings()
     configure_logging(level=settings.log_level, json=settings.json_logs)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        settings.upload_dir.mkdir(parents=True, exist_ok=True)
-        async with AsyncExitStack() as stack:
-            stack.enter_context(configured_mlflow(request_timeout=settings.mlflow_request_timeout))
-            database = Database(settings.resolved_database_url)
-            stack.push_async_callback(database.dispose)
-            events_listener = start_listener(database)
-            stack.push_async_callback(events_listener.stop)
-            mlflow = MlflowRegistry(
-                tracking_uri=settings.resolved_tracking_uri,
-                registry_uri=settings.mlflow_registry_uri,
-                artifact_location=settings.mlflow_artifact_location,
-                retry_seconds=settings.mlflow_retry_seconds,
-            )
-            limiter = anyio.CapacityLimiter(settings.mlflow_threads)
-            # What this host can isolate models with is probed once, at start-up.
-            sandbox = await anyio.to_thread.run_sync(detect_sandbox, settings.evaluation_sandbox)
-            evaluation = EvaluationServices(
-                settings=settings,
-                database=database,
-                signer=await anyio.to_thread.run_sync(load_signer, settings),
-                sandbox=sandbox,
-                jobs=EventSignal(),
-            )
-            app.state.settings = settings
-            app.state.database = database
-            app.state.mlflow = mlflow
-            app.state.evaluation = evaluation
-            app.state.registration = RegistrationServices(
-                settings=settings,
-                database=database,
-                mlflow=mlflow,
-                mlflow_limiter=limiter,
-                evaluations=evaluation,
-                hooks=registration_hooks,
-            )
-            try:
-                # Prepare the experiment now so the first registration does not pay for it; a
-                # remote MLflow that is down must not stop the service from starting.
-                await anyio.to_thread.run_sync(mlflow.ensure_experiment, limiter=limiter)
-            except Exception as e:
-                log.warning("mlflow_not_ready_at_startup", error=str(e)[:300])
-            log.info(
-                "service_started",
-                env=settings.env.value,
-                database=database.backend,
-                mlflow=_redacted_uri(settings.resolved_tracking_uri),
-                sandbox=sandbox.mode.value,
-                sandbox_isolated=sandbox.isolated,
-            )
-            if not sandbox.isolated and sandbox_usable(settings, sandbox):
-                log.warning("evaluation_sandbox_not_isolated", detail=sandbox.detail)
-            if settings.run_dispatcher:
-                app.state.dispatcher = await stack.enter_async_context(
-                    dispatching(settings, database)
-                )
-            await stack.enter_async_context(recovery_loop(app.state.registration))
-            if settings.run_evaluations and sandbox_usable(settings, sandbox):
-                await stack.enter_async_context(evaluating(app.state.registration, evaluation))
-            await stack.enter_async_context(
-                refreshing_backlog(database, every=settings.metrics_refresh_seconds)
-            )
-            yield
-        log.info("service_stopped")
-
     app = FastAPI(
         title="Hokusai model registration service",
         version="0.1.0",
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=make_lifespan(settings, registration_hooks),
         # /docs is served by app.apidocs from installed files; FastAPI's pages use a CDN.
         docs_url=None,
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
-        openapi_tags=[
-            {"name": "registrations", "description": "Register models and read the attempts."},
-            {"name": "tokens", "description": "Tokens and their status."},
-            {
-                "name": "evaluation",
-                "description": "Sealed benchmarks, evaluation receipts and their keys.",
-            },
-            {"name": "system", "description": "Probes."},
-        ],
+        openapi_tags=OPENAPI_TAGS,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -171,6 +108,98 @@ def create_app(
     app.include_router(webhooks_router)
     install_openapi(app)
     return app
+
+
+def make_lifespan(settings: Settings, registration_hooks: RegistrationHooks) -> Lifespan:
+    """The application's lifespan: the database and its events listener, MLflow, the services
+    on `app.state`, then the background loops (dispatcher, recovery, evaluator, metrics); each
+    stopped in the reverse order."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        async with AsyncExitStack() as stack:
+            stack.enter_context(configured_mlflow(request_timeout=settings.mlflow_request_timeout))
+            database = Database(settings.resolved_database_url)
+            stack.push_async_callback(database.dispose)
+            events_listener = start_listener(database)
+            stack.push_async_callback(events_listener.stop)
+            sandbox = await _start_services(app, settings, database, registration_hooks)
+            log.info(
+                "service_started",
+                env=settings.env.value,
+                database=database.backend,
+                mlflow=_redacted_uri(settings.resolved_tracking_uri),
+                sandbox=sandbox.mode.value,
+                sandbox_isolated=sandbox.isolated,
+            )
+            if not sandbox.isolated and sandbox_usable(settings, sandbox):
+                log.warning("evaluation_sandbox_not_isolated", detail=sandbox.detail)
+            await _start_loops(stack, app, settings, database, sandbox)
+            yield
+        log.info("service_stopped")
+
+    return lifespan
+
+
+async def _start_services(
+    app: FastAPI, settings: Settings, database: Database, registration_hooks: RegistrationHooks
+) -> SandboxInfo:
+    """MLflow, the evaluation and registration services on `app.state`; returns the sandbox
+    this host can isolate models with (probed once, here)."""
+    mlflow = MlflowRegistry(
+        tracking_uri=settings.resolved_tracking_uri,
+        registry_uri=settings.mlflow_registry_uri,
+        artifact_location=settings.mlflow_artifact_location,
+        retry_seconds=settings.mlflow_retry_seconds,
+    )
+    limiter = anyio.CapacityLimiter(settings.mlflow_threads)
+    sandbox = await anyio.to_thread.run_sync(detect_sandbox, settings.evaluation_sandbox)
+    evaluation = EvaluationServices(
+        settings=settings,
+        database=database,
+        signer=await anyio.to_thread.run_sync(load_signer, settings),
+        sandbox=sandbox,
+        jobs=EventSignal(),
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.mlflow = mlflow
+    app.state.evaluation = evaluation
+    app.state.registration = RegistrationServices(
+        settings=settings,
+        database=database,
+        mlflow=mlflow,
+        mlflow_limiter=limiter,
+        evaluations=evaluation,
+        hooks=registration_hooks,
+    )
+    try:
+        # Prepare the experiment now so the first registration does not pay for it; a
+        # remote MLflow that is down must not stop the service from starting.
+        await anyio.to_thread.run_sync(mlflow.ensure_experiment, limiter=limiter)
+    except Exception as e:
+        log.warning("mlflow_not_ready_at_startup", error=str(e)[:300])
+    return sandbox
+
+
+async def _start_loops(
+    stack: AsyncExitStack,
+    app: FastAPI,
+    settings: Settings,
+    database: Database,
+    sandbox: SandboxInfo,
+) -> None:
+    """The background loops, each stopped when `stack` closes."""
+    if settings.run_dispatcher:
+        app.state.dispatcher = await stack.enter_async_context(dispatching(settings, database))
+    await stack.enter_async_context(recovery_loop(app.state.registration))
+    if settings.run_evaluations and sandbox_usable(settings, sandbox):
+        await stack.enter_async_context(evaluating(app.state.registration, app.state.evaluation))
+    await stack.enter_async_context(
+        refreshing_backlog(database, every=settings.metrics_refresh_seconds)
+    )
 
 
 class _PrometheusApp:

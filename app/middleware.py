@@ -15,13 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import observability
-from app.errors import (
-    AppError,
-    PayloadTooLarge,
-    RequestHeaderFieldsTooLarge,
-    current_request_id,
-    problem_response,
-)
+from app.error_handlers import current_request_id, problem_response
+from app.errors import AppError, PayloadTooLarge, RequestHeaderFieldsTooLarge
 
 log = structlog.get_logger("app.request")
 
@@ -133,6 +128,22 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _body_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, int | None]:
+    """The request's Content-Type (empty when none) and Content-Length (None when none or not
+    a number); the last of each wins."""
+    content_type = b""
+    content_length: int | None = None
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            try:
+                content_length = int(value)
+            except ValueError:
+                content_length = None
+    return content_type, content_length
+
+
 class _BodyTooLarge(HTTPException):
     """Raised from `receive` once a streamed body passes the cap; rendered as 413 problem+json."""
 
@@ -170,16 +181,7 @@ class RequestLimitsMiddleware:
                 send,
             )
             return
-        content_type = b""
-        content_length: int | None = None
-        for name, value in headers:
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    content_length = None
+        content_type, content_length = _body_headers(headers)
         if content_type.lower().startswith(b"multipart/form-data") and _UPLOAD_PATH.fullmatch(
             scope["path"]
         ):
@@ -194,7 +196,10 @@ class RequestLimitsMiddleware:
                 send,
             )
             return
+        await self._counted(scope, receive, send, limit)
 
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """Run the app with the body counted as it streams in: past `limit`, 413."""
         received = 0
         response_started = False
 

@@ -207,58 +207,66 @@ def restore_example_nulls(spec: dict[str, Any]) -> dict[str, Any]:
     to null again.
     """
     schemas: dict[str, Any] = spec.get("components", {}).get("schemas", {})
+    nulls = _ExampleNulls(schemas)
+    for schema in schemas.values():
+        for example in schema.get("examples", []):
+            nulls.fill(example, schema)
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            nulls.fill_content(operation.get("requestBody", {}).get("content", {}))
+            for response in operation.get("responses", {}).values():
+                nulls.fill_content(response.get("content", {}))
+    return spec
 
-    def resolve(schema: Any) -> dict[str, Any]:
+
+class _ExampleNulls:
+    """Walks examples along their schemas (`$ref`s resolved against the document's components)
+    and sets each missing required member that may be null to null."""
+
+    def __init__(self, schemas: dict[str, Any]) -> None:
+        self.schemas = schemas
+
+    def resolve(self, schema: Any) -> dict[str, Any]:
         while isinstance(schema, dict) and "$ref" in schema:
-            schema = schemas.get(str(schema["$ref"]).rsplit("/", 1)[-1], {})
+            schema = self.schemas.get(str(schema["$ref"]).rsplit("/", 1)[-1], {})
         return schema if isinstance(schema, dict) else {}
 
-    def branches(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    def branches(self, schema: dict[str, Any]) -> list[dict[str, Any]]:
         found = [schema]
         for keyword in ("anyOf", "oneOf", "allOf"):
-            found += [resolve(branch) for branch in schema.get(keyword, [])]
+            found += [self.resolve(branch) for branch in schema.get(keyword, [])]
         return found
 
-    def nullable(schema: Any) -> bool:
-        for branch in branches(resolve(schema)):
+    def nullable(self, schema: Any) -> bool:
+        for branch in self.branches(self.resolve(schema)):
             kind = branch.get("type")
             if kind == "null" or (isinstance(kind, list) and "null" in kind):
                 return True
         return False
 
-    def fill(value: Any, schema: Any) -> None:
-        for branch in branches(resolve(schema)):
+    def fill(self, value: Any, schema: Any) -> None:
+        for branch in self.branches(self.resolve(schema)):
             if isinstance(value, dict) and "properties" in branch:
                 properties: dict[str, Any] = branch["properties"]
                 for name in branch.get("required", []):
-                    if name not in value and nullable(properties.get(name)):
+                    if name not in value and self.nullable(properties.get(name)):
                         value[name] = None
                 for name, member in value.items():
                     if name in properties:
-                        fill(member, properties[name])
+                        self.fill(member, properties[name])
             elif isinstance(value, list) and isinstance(branch.get("items"), dict):
                 for item in value:
-                    fill(item, branch["items"])
+                    self.fill(item, branch["items"])
 
-    def fill_content(content: dict[str, Any]) -> None:
+    def fill_content(self, content: dict[str, Any]) -> None:
         for media in content.values():
             schema = media.get("schema")
             if schema is None:
                 continue
             if "example" in media:
-                fill(media["example"], schema)
+                self.fill(media["example"], schema)
             for example in media.get("examples", {}).values():
                 if isinstance(example, dict) and "value" in example:
-                    fill(example["value"], schema)
-
-    for schema in schemas.values():
-        for example in schema.get("examples", []):
-            fill(example, schema)
-    for operations in spec.get("paths", {}).values():
-        for operation in operations.values():
-            if not isinstance(operation, dict):
-                continue
-            fill_content(operation.get("requestBody", {}).get("content", {}))
-            for response in operation.get("responses", {}).values():
-                fill_content(response.get("content", {}))
-    return spec
+                    self.fill(example["value"], schema)

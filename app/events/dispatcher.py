@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import random
 import socket
 import time
 import uuid
@@ -29,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pydantic import SecretStr
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import observability
@@ -47,16 +45,14 @@ from app.events.models import (
 )
 from app.events.outbox import envelope
 from app.events.redis_channel import RedisPublisher
+from app.events.retries import next_state
 from app.events.signal import EventSignal, new_events
-from app.events.webhooks.schemas import SITE_EVENT_TYPES
+from app.events.static_endpoints import sync_static_endpoint
 from app.events.webhooks.sender import AttemptResult, WebhookSender
 from app.events.webhooks.site_format import site_body
 
 log = structlog.get_logger(__name__)
 
-STATIC_ENDPOINT_ID = "static"
-STATIC_SITE_ENDPOINT_ID = "static-site"
-MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 HOUSEKEEPING_SECONDS = 600.0
 STOP_TIMEOUT_SECONDS = 30.0
 # Never spin: a claim that finds nothing waits at least this long.
@@ -69,19 +65,6 @@ def worker_name() -> str:
 
 def matches(event_types: Sequence[str], event_type: str) -> bool:
     return "*" in event_types or event_type in event_types
-
-
-def retry_delay(
-    schedule: Sequence[float], failures: int, retry_after: float | None
-) -> float | None:
-    """Seconds until the next attempt after `failures` failed ones; None once the schedule ends."""
-    if failures > len(schedule):
-        return None
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), MAX_RETRY_AFTER_SECONDS)
-    base = schedule[failures - 1]
-    # Up to 10% either way, so receivers that come back are not hit by every retry at once.
-    return base * random.uniform(0.9, 1.1)
 
 
 @dataclass(slots=True)
@@ -339,73 +322,65 @@ class Dispatcher:
     async def _record(
         self, work: Sequence[_Work], results: Sequence[tuple[dt.datetime, AttemptResult]]
     ) -> None:
+        """Store each attempt and its delivery's next state, in one transaction; a result is
+        stored only while the lease is still this worker's."""
         now = utcnow()
-        schedule = self.settings.webhook_retry_schedule
         async with self.database.transaction() as session:
             for item, (started_at, result) in zip(work, results, strict=True):
-                delivery = item.delivery
-                attempts = delivery.attempts + 1
-                values: dict[str, Any] = {
-                    "attempts": attempts,
-                    "last_attempt_at": started_at,
-                    "last_status_code": result.status_code,
-                    "last_error": result.error,
-                    "updated_at": now,
-                }
-                if result.ok:
-                    outcome = "delivered"
-                    values |= {
-                        "status": DeliveryStatus.DELIVERED,
-                        "delivered_at": now,
-                        "next_attempt_at": None,
-                    }
-                elif result.gone and item.endpoint is not None:
-                    outcome = "disabled"
-                    values |= {"status": DeliveryStatus.DEAD, "next_attempt_at": None}
-                    await repo.disable_endpoint(
-                        session,
-                        item.endpoint.id,
-                        reason=f"the receiver answered 410 Gone at {now.isoformat()}",
-                        now=now,
-                    )
-                else:
-                    delay = retry_delay(schedule, attempts, result.retry_after)
-                    if delay is None or item.event is None:
-                        outcome = "dead"
-                        values |= {"status": DeliveryStatus.DEAD, "next_attempt_at": None}
-                    else:
-                        outcome = "retry"
-                        values["next_attempt_at"] = now + dt.timedelta(seconds=delay)
-                attempt = DeliveryAttempt(
-                    delivery_id=delivery.id,
-                    attempt=attempts,
-                    worker=self.worker,
-                    started_at=started_at,
-                    duration_ms=round(result.duration_ms, 3),
-                    status_code=result.status_code,
-                    error=result.error,
-                    response_excerpt=result.response_excerpt,
-                    outcome=outcome,
-                )
-                stored = await repo.record_result(
-                    session, delivery=delivery, worker=self.worker, attempt=attempt, values=values
-                )
-                if not stored:
-                    log.warning("delivery_lease_lost", delivery_id=delivery.id, worker=self.worker)
-                    continue
-                observability.DELIVERIES.labels(delivery.channel.value, outcome).inc()
-                if outcome != "delivered":
-                    log.info(
-                        "delivery_attempt_failed",
-                        delivery_id=delivery.id,
-                        event_id=delivery.event_id,
-                        channel=delivery.channel.value,
-                        endpoint_id=delivery.endpoint_id,
-                        attempt=attempts,
-                        outcome=outcome,
-                        status_code=result.status_code,
-                        error=result.error,
-                    )
+                await self._record_one(session, item, started_at, result, now)
+
+    async def _record_one(
+        self,
+        session: AsyncSession,
+        item: _Work,
+        started_at: dt.datetime,
+        result: AttemptResult,
+        now: dt.datetime,
+    ) -> None:
+        delivery = item.delivery
+        attempts = delivery.attempts + 1
+        outcome, state = next_state(
+            result,
+            attempts=attempts,
+            schedule=self.settings.webhook_retry_schedule,
+            now=now,
+            event_exists=item.event is not None,
+            endpoint_exists=item.endpoint is not None,
+        )
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_attempt_at": started_at,
+            "last_status_code": result.status_code,
+            "last_error": result.error,
+            "updated_at": now,
+        } | state
+        if outcome == "disabled" and item.endpoint is not None:
+            await repo.disable_endpoint(
+                session,
+                item.endpoint.id,
+                reason=f"the receiver answered 410 Gone at {now.isoformat()}",
+                now=now,
+            )
+        attempt = DeliveryAttempt(
+            delivery_id=delivery.id,
+            attempt=attempts,
+            worker=self.worker,
+            started_at=started_at,
+            duration_ms=round(result.duration_ms, 3),
+            status_code=result.status_code,
+            error=result.error,
+            response_excerpt=result.response_excerpt,
+            outcome=outcome,
+        )
+        stored = await repo.record_result(
+            session, delivery=delivery, worker=self.worker, attempt=attempt, values=values
+        )
+        if not stored:
+            log.warning("delivery_lease_lost", delivery_id=delivery.id, worker=self.worker)
+            return
+        observability.DELIVERIES.labels(delivery.channel.value, outcome).inc()
+        if outcome != "delivered":
+            _log_failed_attempt(delivery, attempts, outcome, result)
 
     # Housekeeping --------------------------------------------------------------------------------
 
@@ -437,6 +412,22 @@ class Dispatcher:
         return figures
 
 
+def _log_failed_attempt(
+    delivery: Delivery, attempts: int, outcome: str, result: AttemptResult
+) -> None:
+    log.info(
+        "delivery_attempt_failed",
+        delivery_id=delivery.id,
+        event_id=delivery.event_id,
+        channel=delivery.channel.value,
+        endpoint_id=delivery.endpoint_id,
+        attempt=attempts,
+        outcome=outcome,
+        status_code=result.status_code,
+        error=result.error,
+    )
+
+
 def _failure(error: str) -> AttemptResult:
     return AttemptResult(
         ok=False,
@@ -448,66 +439,6 @@ def _failure(error: str) -> AttemptResult:
         gone=False,
         blocked=False,
     )
-
-
-async def sync_static_endpoint(database: Database, settings: Settings) -> None:
-    """Keep the static endpoints in step with their settings.
-
-    HOKUSAI_WEBHOOK_URL / HOKUSAI_WEBHOOK_SECRET: every event, as the envelope.
-    HOKUSAI_SITE_WEBHOOK_URL / HOKUSAI_SITE_WEBHOOK_SECRET: `model_registered` in the Hokusai
-    site's format.
-    """
-    async with database.transaction() as session:
-        await _sync_static(
-            session,
-            STATIC_ENDPOINT_ID,
-            url=settings.webhook_url,
-            secret=settings.webhook_secret,
-            setting="HOKUSAI_WEBHOOK_URL",
-            payload_format=PayloadFormat.STANDARD,
-            event_types=["*"],
-        )
-        await _sync_static(
-            session,
-            STATIC_SITE_ENDPOINT_ID,
-            url=settings.site_webhook_url,
-            secret=settings.site_webhook_secret,
-            setting="HOKUSAI_SITE_WEBHOOK_URL",
-            payload_format=PayloadFormat.HOKUSAI_SITE,
-            event_types=list(SITE_EVENT_TYPES),
-        )
-
-
-async def _sync_static(
-    session: AsyncSession,
-    endpoint_id: str,
-    *,
-    url: str | None,
-    secret: SecretStr | None,
-    setting: str,
-    payload_format: PayloadFormat,
-    event_types: list[str],
-) -> None:
-    endpoint = await session.get(WebhookEndpoint, endpoint_id)
-    if url is None or secret is None:
-        if endpoint is not None and endpoint.active:
-            endpoint.active = False
-            endpoint.disabled_reason = f"{setting} is no longer set"
-            endpoint.updated_at = utcnow()
-            session.add(endpoint)
-        return
-    if endpoint is None:
-        endpoint = WebhookEndpoint(id=endpoint_id, url=url, secret="")
-    endpoint.url = url
-    endpoint.secret = secret.get_secret_value()
-    endpoint.event_types = event_types
-    endpoint.payload_format = payload_format
-    endpoint.active = True
-    endpoint.disabled_reason = None
-    endpoint.is_static = True
-    endpoint.description = f"configured by {setting}"
-    endpoint.updated_at = utcnow()
-    session.add(endpoint)
 
 
 @asynccontextmanager

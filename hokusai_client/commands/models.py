@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -45,6 +47,76 @@ SdkField = Annotated[
 ]
 
 
+RegisterTokenIdOption = Annotated[
+    str, typer.Option("--token-id", "-t", help="The token to register for.")
+]
+ModelPathOption = Annotated[
+    Path,
+    typer.Option(
+        "--model-path",
+        "-m",
+        exists=True,
+        readable=True,
+        help="A model file, or an MLflow model folder (packed on the fly).",
+    ),
+]
+MetricOption = Annotated[str, typer.Option(help="The metric's name (e.g. auroc).")]
+BaselineOption = Annotated[float, typer.Option(help="The score to beat: the token's baseline.")]
+MetricValueOption = Annotated[
+    float | None,
+    typer.Option(help="The model's score on the benchmark (or give --predictions)."),
+]
+PredictionsOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="CSV with y_true and y_pred and/or y_score; the service scores it.",
+    ),
+]
+MinImprovementOption = Annotated[
+    float | None, typer.Option(help="How much better than the baseline (default 0).")
+]
+ModelNameOption = Annotated[
+    str | None, typer.Option(help="MLflow registered model name (default hokusai-TOKEN).")
+]
+TagOption = Annotated[
+    list[str] | None,
+    typer.Option("--tag", metavar="KEY=VALUE", help="A tag for the MLflow run; repeat."),
+]
+IdempotencyKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Reuse the key of an interrupted run to get its outcome instead of a second "
+        "registration (default: a new key, printed if the outcome is unknown).",
+        show_default=False,
+    ),
+]
+PackFormatOption = Annotated[
+    PackFormat, typer.Option("--pack-format", help="How a model folder is packed.")
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="Wait for an evaluation on the token's sealed benchmark to end (--no-wait: "
+        "return once it is accepted).",
+    ),
+]
+WaitTimeoutOption = Annotated[
+    float, typer.Option(min=1.0, help="Seconds to wait for an evaluation (exit 7 after).")
+]
+ProgressOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Progress on stderr (default: only on a terminal).",
+        show_default=False,
+    ),
+]
+
+
 def _require_benchmark(client: HokusaiClient, token_id: str) -> None:
     """Without --metric-value or --predictions only a token with a sealed benchmark will do."""
     try:
@@ -60,81 +132,58 @@ def _require_benchmark(client: HokusaiClient, token_id: str) -> None:
         pass  # a key that may register but not read: the service will say what it needs
 
 
+@contextmanager
+def _registration_errors(token_id: str, key: str) -> Iterator[None]:
+    """A refused, still-evaluating or interrupted registration as the command's error."""
+    from hokusai_client.client import WaitTimedOut
+    from hokusai_client.errors import RegistrationRefused
+
+    try:
+        yield
+    except RegistrationRefused as e:
+        error = CliError(
+            f"{e.summary()} [registration {e.registration.get('registration_id')}]",
+            exit_code=Exit.UNAVAILABLE if e.status >= 500 else Exit.INVALID,
+            body=json.dumps(e.registration),
+        )
+        error.hint = HINTS.get(e.code, "").replace("{token_id}", token_id) or None
+        raise error from None
+    except WaitTimedOut as e:
+        raise CliError(
+            str(e),
+            exit_code=Exit.TIMEOUT,
+            hint=f"the evaluation goes on; see `hokusai model status --token-id {token_id}`",
+            body=e.registration.text,
+        ) from None
+    except KeyboardInterrupt:
+        raise CliError(
+            "interrupted", exit_code=Exit.INTERRUPTED, hint=unknown_outcome_hint(key)
+        ) from None
+
+
 @app.command("register")
 @command
 def model_register(
     ctx: typer.Context,
-    token_id: Annotated[str, typer.Option("--token-id", "-t", help="The token to register for.")],
-    model_path: Annotated[
-        Path,
-        typer.Option(
-            "--model-path",
-            "-m",
-            exists=True,
-            readable=True,
-            help="A model file, or an MLflow model folder (packed on the fly).",
-        ),
-    ],
-    metric: Annotated[str, typer.Option(help="The metric's name (e.g. auroc).")],
-    baseline: Annotated[float, typer.Option(help="The score to beat: the token's baseline.")],
-    metric_value: Annotated[
-        float | None,
-        typer.Option(help="The model's score on the benchmark (or give --predictions)."),
-    ] = None,
-    predictions: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            help="CSV with y_true and y_pred and/or y_score; the service scores it.",
-        ),
-    ] = None,
-    min_improvement: Annotated[
-        float | None, typer.Option(help="How much better than the baseline (default 0).")
-    ] = None,
-    model_name: Annotated[
-        str | None, typer.Option(help="MLflow registered model name (default hokusai-TOKEN).")
-    ] = None,
-    tag: Annotated[
-        list[str] | None,
-        typer.Option("--tag", metavar="KEY=VALUE", help="A tag for the MLflow run; repeat."),
-    ] = None,
+    token_id: RegisterTokenIdOption,
+    model_path: ModelPathOption,
+    metric: MetricOption,
+    baseline: BaselineOption,
+    metric_value: MetricValueOption = None,
+    predictions: PredictionsOption = None,
+    min_improvement: MinImprovementOption = None,
+    model_name: ModelNameOption = None,
+    tag: TagOption = None,
     proposal_identifier: SdkField = None,
     eval_spec: SdkField = None,
     scorer_ref: SdkField = None,
     primary_metric: SdkField = None,
     benchmark_spec_id: SdkField = None,
-    idempotency_key: Annotated[
-        str | None,
-        typer.Option(
-            help="Reuse the key of an interrupted run to get its outcome instead of a second "
-            "registration (default: a new key, printed if the outcome is unknown).",
-            show_default=False,
-        ),
-    ] = None,
-    pack_format: Annotated[
-        PackFormat, typer.Option("--pack-format", help="How a model folder is packed.")
-    ] = PackFormat.TAR_GZ,
-    wait: Annotated[
-        bool,
-        typer.Option(
-            "--wait/--no-wait",
-            help="Wait for an evaluation on the token's sealed benchmark to end (--no-wait: "
-            "return once it is accepted).",
-        ),
-    ] = True,
-    wait_timeout: Annotated[
-        float, typer.Option(min=1.0, help="Seconds to wait for an evaluation (exit 7 after).")
-    ] = 3600.0,
-    progress: Annotated[
-        bool | None,
-        typer.Option(
-            "--progress/--no-progress",
-            help="Progress on stderr (default: only on a terminal).",
-            show_default=False,
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyOption = None,
+    pack_format: PackFormatOption = PackFormat.TAR_GZ,
+    wait: WaitOption = True,
+    wait_timeout: WaitTimeoutOption = 3600.0,
+    progress: ProgressOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Register a model for a draft or failed token; exits 0 only when it is registered.
@@ -158,13 +207,10 @@ def model_register(
         raise usage_error("--idempotency-key takes 1 to 255 characters")
     tags = pairs(tag, "--tag")
     key = idempotency_key or f"cli-{secrets.token_hex(16)}"
-    from hokusai_client.client import WaitTimedOut
-    from hokusai_client.errors import RegistrationRefused
-
     with make_client(ctx) as client, Bars(show_progress(progress)) as bars:
         if metric_value is None and predictions is None:
             _require_benchmark(client, token_id)
-        try:
+        with _registration_errors(token_id, key):
             registration = client.register_model(
                 token_id,
                 model_path,
@@ -187,25 +233,6 @@ def model_register(
                 primary_metric=primary_metric,
                 benchmark_spec_id=benchmark_spec_id,
             )
-        except RegistrationRefused as e:
-            error = CliError(
-                f"{e.summary()} [registration {e.registration.get('registration_id')}]",
-                exit_code=Exit.UNAVAILABLE if e.status >= 500 else Exit.INVALID,
-                body=json.dumps(e.registration),
-            )
-            error.hint = HINTS.get(e.code, "").replace("{token_id}", token_id) or None
-            raise error from None
-        except WaitTimedOut as e:
-            raise CliError(
-                str(e),
-                exit_code=Exit.TIMEOUT,
-                hint=f"the evaluation goes on; see `hokusai model status --token-id {token_id}`",
-                body=e.registration.text,
-            ) from None
-        except KeyboardInterrupt:
-            raise CliError(
-                "interrupted", exit_code=Exit.INTERRUPTED, hint=unknown_outcome_hint(key)
-            ) from None
     if json_output:
         output.write_stdout(registration.text)
     elif registration.get("status") == "registered":

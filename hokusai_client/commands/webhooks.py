@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
@@ -13,6 +13,9 @@ from hokusai_client.commands import output
 from hokusai_client.commands.base import JsonOption, command, make_client
 from hokusai_client.commands.errors import usage_error
 from hokusai_client.constants import DeliveryStatus
+
+if TYPE_CHECKING:
+    from hokusai_client.transport import ServiceJSON
 
 app = typer.Typer(help="Manage webhook endpoints and their deliveries.", no_args_is_help=True)
 
@@ -43,35 +46,51 @@ def read_secret(stream: TextIO | None = None) -> str:
     return secret
 
 
+EventTypeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--event-type",
+        "-e",
+        help="An event type to send; repeat (default: all, '*'; with --format hokusai-site, "
+        "model_registered).",
+    ),
+]
+FormatOption = Annotated[
+    Format,
+    typer.Option(
+        "--format",
+        help="standard: the event envelope; hokusai-site: the body the Hokusai site's "
+        "receiver parses.",
+    ),
+]
+SecretStdinOption = Annotated[
+    bool,
+    typer.Option(
+        "--secret-stdin",
+        help="Read the signing secret from stdin (a secret the receiver already has) "
+        "instead of letting the service make one.",
+    ),
+]
+
+
+def _print_created(webhook: ServiceJSON, *, secret_given: bool) -> None:
+    """A new webhook, and the secret the service made for it (shown only this once)."""
+    output.print_webhook(webhook, f"Added webhook {webhook.get('id')}")
+    if webhook.get("secret") and not secret_given:
+        typer.echo(f"  secret       {webhook['secret']}")
+        typer.secho(
+            "  (shown only now: keep it to verify the webhook-signature header)",
+            fg="yellow",
+        )
+
+
 def create(
     ctx: typer.Context,
     url: Annotated[str, typer.Argument(help="Where events are POSTed.")],
-    event_type: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--event-type",
-            "-e",
-            help="An event type to send; repeat (default: all, '*'; with --format hokusai-site, "
-            "model_registered).",
-        ),
-    ] = None,
+    event_type: EventTypeOption = None,
     description: Annotated[str | None, typer.Option(help="What the endpoint is for.")] = None,
-    payload_format: Annotated[
-        Format,
-        typer.Option(
-            "--format",
-            help="standard: the event envelope; hokusai-site: the body the Hokusai site's "
-            "receiver parses.",
-        ),
-    ] = Format.STANDARD,
-    secret_stdin: Annotated[
-        bool,
-        typer.Option(
-            "--secret-stdin",
-            help="Read the signing secret from stdin (a secret the receiver already has) "
-            "instead of letting the service make one.",
-        ),
-    ] = False,
+    payload_format: FormatOption = Format.STANDARD,
+    secret_stdin: SecretStdinOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Add a webhook endpoint; a secret the service makes is shown this once.
@@ -102,13 +121,7 @@ def create(
     if json_output:
         output.write_stdout(webhook.text)
         return
-    output.print_webhook(webhook, f"Added webhook {webhook.get('id')}")
-    if webhook.get("secret") and not secret_stdin:
-        typer.echo(f"  secret       {webhook['secret']}")
-        typer.secho(
-            "  (shown only now: keep it to verify the webhook-signature header)",
-            fg="yellow",
-        )
+    _print_created(webhook, secret_given=secret_stdin)
 
 
 create_help = create.__doc__

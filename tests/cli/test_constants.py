@@ -93,12 +93,14 @@ def _subclasses(cls: type[T]) -> list[type[T]]:
 
 
 def _service_codes() -> dict[str, int | None]:
-    """Every code app/errors.py can put in a problem, with its status where a class says it."""
+    """Every code app/errors.py and its handlers (app/error_handlers.py) can put in a problem,
+    with its status where a class says it."""
     classes: list[type[errors.AppError]] = [errors.AppError, *_subclasses(errors.AppError)]
     codes: dict[str, int | None] = {cls.code: cls.status for cls in classes}
     for status, error in errors.HTTP_ERRORS.items():
         codes.setdefault(error.code, status)
-    source = Path(errors.__file__).read_text()
+    folder = Path(errors.__file__).parent
+    source = "\n".join((folder / name).read_text() for name in ("errors.py", "error_handlers.py"))
     for code in re.findall(r'code="([a-z_]+)"', source):
         codes.setdefault(code, None)
     codes.setdefault("http_error", None)

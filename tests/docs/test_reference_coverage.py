@@ -125,10 +125,13 @@ def test_global_options_are_in_the_cli_reference() -> None:
 
 
 def error_codes() -> set[str]:
-    """Every code app/errors.py can put in a problem: its classes and the generic HTTP ones."""
+    """Every code a problem can carry: app/errors.py's classes, and the generic HTTP ones of
+    app/errors.py and app/error_handlers.py."""
     codes = {cls.code for cls in _subclasses(errors.AppError)} | {errors.AppError.code}
     codes |= {error.code for error in errors.HTTP_ERRORS.values()}
-    source = (ROOT / "app" / "errors.py").read_text()
+    source = "\n".join(
+        (ROOT / "app" / name).read_text() for name in ("errors.py", "error_handlers.py")
+    )
     codes |= set(re.findall(r'code="([a-z_]+)"', source))
     # ("code", "Title") pairs: the generic HTTP codes, `http_error` among them.
     codes |= set(re.findall(r'(?<!get)\(\s*"([a-z_]+)",\s*"[A-Z]', source))

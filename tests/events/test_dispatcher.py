@@ -24,10 +24,11 @@ from standardwebhooks import Webhook
 
 from app.db import utcnow
 from app.events import delivery_repository as repo
-from app.events.dispatcher import Dispatcher, retry_delay
+from app.events.dispatcher import Dispatcher
 from app.events.models import Delivery, WebhookEndpoint
 from app.events.outbox import NewEvent, write_events
 from app.events.redis_channel import CHANNEL, STREAM, RedisPublisher
+from app.events.retries import retry_delay
 from app.events.webhooks.sender import WebhookSender
 from tests.support.service import Api
 from tests.webhook_receiver import Reply, WebhookReceiver

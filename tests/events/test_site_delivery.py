@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from app.events.dispatcher import Dispatcher, sync_static_endpoint
+from app.events.dispatcher import Dispatcher
+from app.events.static_endpoints import sync_static_endpoint
 from app.events.webhooks.sender import WebhookSender
 from app.events.webhooks.site_format import site_timestamp
 from tests.factories import create_token, mlflow_zip, register, tags_field
