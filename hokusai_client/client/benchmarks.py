@@ -11,6 +11,8 @@ from hokusai_client.uploads import Advance, HashingReader
 
 
 class BenchmarksAPI(ClientBase):
+    """`PUT` and `GET /tokens/{token_id}/benchmark`."""
+
     def upload_benchmark(
         self,
         token_id: str,

@@ -11,6 +11,8 @@ from hokusai_client.transport import ServiceJSON
 
 
 class EventsAPI(ClientBase):
+    """`GET /events`: one page, or every event as it commits."""
+
     def list_events(
         self,
         *,

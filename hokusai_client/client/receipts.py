@@ -12,6 +12,8 @@ from hokusai_client.transport import ServiceJSON
 
 
 class ReceiptsAPI(ClientBase):
+    """Receipts, the JWKS, and verifying one against the other."""
+
     def get_receipt(self, registration_id: str) -> ServiceJSON:
         """GET /registrations/{registration_id}/receipt: `{"payload": {...}, "jws": "..."}`."""
         return self._json("GET", _path("registrations", registration_id, "receipt"))

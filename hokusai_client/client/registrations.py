@@ -85,6 +85,8 @@ def _form_fields(
 
 
 class RegistrationsAPI(ClientBase):
+    """Registering a model, reading registrations, waiting for an evaluation."""
+
     def register_model(
         self,
         token_id: str,

@@ -11,6 +11,8 @@ from hokusai_client.transport import ServiceJSON
 
 
 class TokensAPI(ClientBase):
+    """`POST`, `GET` and `PATCH /tokens`."""
+
     def create_token(
         self,
         token_id: str,

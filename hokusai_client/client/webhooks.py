@@ -12,6 +12,8 @@ from hokusai_client.transport import ServiceJSON
 
 
 class WebhooksAPI(ClientBase):
+    """`/webhooks` and their deliveries."""
+
     def create_webhook(
         self,
         url: str,
