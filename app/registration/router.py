@@ -36,6 +36,7 @@ from app.errors import (
 from app.evaluation import service as evaluation
 from app.openapi import REQUEST_NOT_VALID, problem_responses
 from app.registration import service
+from app.registration.attempt import RegistrationServices
 from app.registration.form import form_schema
 from app.registration.models import RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
@@ -180,7 +181,7 @@ async def register_model(
     upload is read. To try it from /docs, create the example token with `POST /tokens` first
     and pick any small model file.
     """
-    services: service.RegistrationServices = request.app.state.registration
+    services: RegistrationServices = request.app.state.registration
     result = await service.register(
         services,
         request,
