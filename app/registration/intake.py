@@ -1,4 +1,4 @@
-"""Taking a registration request in: the streamed upload, and the Idempotency-Key's replay.
+"""Taking a registration request in: the upload's limits, and the Idempotency-Key's replay.
 
 A request whose key names a finished attempt is read whole and compared with that attempt's
 (every field and file, as a fingerprint): the same request replays the first outcome, another one
@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import structlog
-from starlette.requests import Request
 
 from app import observability
 from app.auth.service import Principal
@@ -24,7 +21,7 @@ from app.registration import repository
 from app.registration.attempt import RegistrationServices
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationPublic
-from app.registration.upload import RegistrationForm, UploadLimits, receive_form
+from app.registration.upload import RegistrationForm, UploadLimits
 
 log = structlog.get_logger(__name__)
 
@@ -37,22 +34,6 @@ def upload_limits(settings: Settings) -> UploadLimits:
         idle_timeout_seconds=settings.upload_idle_timeout_seconds,
         min_bytes_per_second=settings.upload_min_bytes_per_second,
         deadline_seconds=settings.upload_deadline_seconds,
-    )
-
-
-async def receive(
-    services: RegistrationServices,
-    request: Request,
-    workdir: Path,
-    *,
-    before_model: Callable[[Mapping[str, str]], None] | None,
-) -> RegistrationForm:
-    """Stream the request's form into `workdir`; `before_model` sees the fields sent first."""
-    return await receive_form(
-        request,
-        directory=workdir,
-        limits=upload_limits(services.settings),
-        before_model=before_model or (lambda _fields: None),
     )
 
 

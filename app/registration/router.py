@@ -40,6 +40,7 @@ from app.registration.attempt import RegistrationServices
 from app.registration.form import form_schema
 from app.registration.models import RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
+from app.registration.upload import receive_form
 from app.tokens.schemas import TOKEN_ID_RULE
 
 router = APIRouter(tags=["registrations"])
@@ -182,13 +183,17 @@ async def register_model(
     and pick any small model file.
     """
     services: RegistrationServices = request.app.state.registration
-    result = await service.register(
-        services,
-        request,
-        raw_token_id=token_id,
-        principal=principal,
-        idempotency_key=idempotency_key,
-    )
+    async with service.registering(
+        services, raw_token_id=token_id, principal=principal, idempotency_key=idempotency_key
+    ) as registration:
+        with registration.step("receive_upload"):
+            form = await receive_form(
+                request,
+                directory=registration.workdir,
+                limits=registration.limits,
+                before_model=registration.before_model,
+            )
+        result = await registration.complete(form)
     response.headers["Location"] = f"/registrations/{result.registration_id}"
     if result.status == RegistrationStatus.EVALUATING:
         wait = evaluation.parse_prefer_wait(prefer)

@@ -6,8 +6,10 @@ request refused by a check leaves the token and MLflow untouched and is recorded
 registration with a `model_validation_failed` event. Once the token is claimed, any failure sends
 the token to `failed`, undoes what MLflow holds for the attempt, and writes `registration_failed`.
 
-The stages live in their own modules: `intake` (the upload, the Idempotency-Key's replay),
-`checks`, `mlflow_step` and `settle` (claim, commit, rejection, failure).
+The router opens a registration (`registering`), streams the upload into it and hands it the
+received form (`Registering.complete`). The stages live in their own modules: `intake` (the
+upload's limits, the Idempotency-Key's replay), `checks`, `mlflow_step` and `settle` (claim,
+commit, rejection, failure).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import structlog
-from starlette.requests import Request
 
 from app import observability
 from app.auth.service import Principal
@@ -28,9 +32,9 @@ from app.errors import AppError, RegistrationNotFound, TokenNotFound, UploadInco
 from app.registration import checks, intake, mlflow_step, repository, settle
 from app.registration.attempt import Attempt, RegistrationServices
 from app.registration.hooks import Stage
-from app.registration.models import RegistrationStatus
+from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
-from app.registration.upload import RegistrationForm
+from app.registration.upload import RegistrationForm, UploadLimits
 from app.tokens import repository as tokens
 from app.tokens.models import Token
 from app.tokens.schemas import normalize_token_id
@@ -63,15 +67,72 @@ async def list_registrations(
 # Registering -------------------------------------------------------------------------------------
 
 
-async def register(
+@dataclass(slots=True)
+class Registering:
+    """A registration opened for its request: where its upload goes, and what comes after it.
+
+    The caller streams the upload into `workdir` (calling `before_model` when the model part
+    starts) and hands the received form to `complete`.
+    """
+
+    services: RegistrationServices
+    attempt: Attempt
+    workdir: Path
+    limits: UploadLimits
+    # The finished attempt the request's Idempotency-Key names: the request is then a replay.
+    previous: Registration | None = None
+    token: Token | None = None
+    benchmark: object | None = None
+    claimed: bool = False
+
+    def step(self, name: str) -> AbstractContextManager[None]:
+        """Log how long a step of the registration took."""
+        return self.attempt.step(name)
+
+    def before_model(self, fields: Mapping[str, str]) -> None:
+        """The metric fields sent before the model file, refused before the upload if bad."""
+        if self.token is not None:
+            checks.early_metric_check(self.token, fields, self.attempt)
+
+    async def complete(self, form: RegistrationForm) -> RegistrationPublic:
+        """Check the received request, claim the token, then MLflow and the commit."""
+        attempt = self.attempt
+        request_fingerprint = intake.fingerprint(attempt.token_id, form)
+        if self.previous is not None:
+            return intake.replay(self.previous, request_fingerprint)
+        assert self.token is not None
+        attempt.fingerprint = request_fingerprint
+        unpacked = await _check(
+            self.services, self.token, self.benchmark, attempt, form, self.workdir
+        )
+        evaluations = self.services.evaluations
+        if evaluations is not None and self.benchmark is not None:
+            # The model is scored in the sandbox; the outcome commits when that is done.
+            with attempt.step("queue_evaluation"):
+                return await evaluations.enqueue(
+                    self.services,
+                    attempt,
+                    form,
+                    unpacked,
+                    token=self.token,
+                    benchmark=self.benchmark,
+                )
+        with attempt.step("claim_token"):
+            await settle.claim(self.services.database, attempt)
+        self.claimed = True
+        return await _publish(self.services, attempt, form, unpacked)
+
+
+@asynccontextmanager
+async def registering(
     services: RegistrationServices,
-    request: Request,
     *,
     raw_token_id: str,
     principal: Principal,
     idempotency_key: str | None,
-) -> RegistrationPublic:
-    """Run one registration from the streamed request to the committed token."""
+) -> AsyncIterator[Registering]:
+    """Open one registration for its request; a refusal before the claim is recorded as
+    rejected, and the upload's folder is removed at the end whatever happened."""
     token_id = normalize_token_id(raw_token_id)
     attempt = Attempt(
         id=str(uuid.uuid4()),
@@ -80,26 +141,27 @@ async def register(
         idempotency_key=idempotency_key,
     )
     structlog.contextvars.bind_contextvars(registration_id=attempt.id, token_id=token_id)
-    workdir = services.settings.upload_dir / attempt.id
+    opened = Registering(
+        services,
+        attempt,
+        workdir=services.settings.upload_dir / attempt.id,
+        limits=intake.upload_limits(services.settings),
+    )
     services.running.add(attempt.id)
     try:
         if idempotency_key:
-            previous = await intake.previous_attempt(services, principal, idempotency_key)
-            if previous is not None:
-                form = await intake.receive(services, request, workdir, before_model=None)
-                return intake.replay(previous, intake.fingerprint(token_id, form))
-        async with services.database.transaction(read_only=True) as session:
-            token = await tokens.get(session, token_id)
-        if token is None:
-            raise TokenNotFound(f"no token {token_id}")
+            opened.previous = await intake.previous_attempt(services, principal, idempotency_key)
+        if opened.previous is not None:
+            yield opened
+            return
+        opened.token = await _registrable_token(services, token_id)
         evaluations = services.evaluations
-        benchmark = await evaluations.benchmark_for(token) if evaluations else None
-        claimed = await _check_and_claim(services, request, token, benchmark, attempt, workdir)
-        if isinstance(claimed, RegistrationPublic):
-            return claimed
-        return await _publish(services, attempt, *claimed)
+        opened.benchmark = await evaluations.benchmark_for(opened.token) if evaluations else None
+        async with _rejections_recorded(opened):
+            checks.require_registrable(opened.token)
+            yield opened
     finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+        await anyio.to_thread.run_sync(shutil.rmtree, opened.workdir, True)
         services.running.discard(attempt.id)
 
 
@@ -108,49 +170,40 @@ def running_attempts(services: RegistrationServices) -> frozenset[str]:
     return frozenset(services.running)
 
 
-async def _check_and_claim(
-    services: RegistrationServices,
-    request: Request,
-    token: Token,
-    benchmark: object | None,
-    attempt: Attempt,
-    workdir: Path,
-) -> tuple[RegistrationForm, Path | None] | RegistrationPublic:
-    """Receive and check the request, then claim the token; a refusal is recorded as rejected.
+async def _registrable_token(services: RegistrationServices, token_id: str) -> Token:
+    async with services.database.transaction(read_only=True) as session:
+        token = await tokens.get(session, token_id)
+    if token is None:
+        raise TokenNotFound(f"no token {token_id}")
+    return token
 
-    Answers the received form and the unpacked model, or the queued registration of a token
-    whose model the service evaluates itself.
-    """
+
+@asynccontextmanager
+async def _rejections_recorded(opened: Registering) -> AsyncIterator[None]:
+    """A refusal before the claim becomes a `rejected` registration (after it, `fail` ran)."""
     try:
-        return await _checked_and_claimed(services, request, token, benchmark, attempt, workdir)
+        yield
     except UploadIncomplete as e:
         # The client went away or stalled mid-form: nothing was decided, nothing to announce.
-        log.info("upload_abandoned", code=e.code, detail=e.detail)
-        observability.REGISTRATIONS.labels("abandoned", e.code).inc()
+        if not opened.claimed:
+            log.info("upload_abandoned", code=e.code, detail=e.detail)
+            observability.REGISTRATIONS.labels("abandoned", e.code).inc()
         raise
     except AppError as e:
-        await settle.record_rejection(services.database, attempt, e)
+        if not opened.claimed:
+            await settle.record_rejection(opened.services.database, opened.attempt, e)
         raise
 
 
-async def _checked_and_claimed(
+async def _check(
     services: RegistrationServices,
-    request: Request,
     token: Token,
     benchmark: object | None,
     attempt: Attempt,
+    form: RegistrationForm,
     workdir: Path,
-) -> tuple[RegistrationForm, Path | None] | RegistrationPublic:
-    evaluations = services.evaluations
-    checks.require_registrable(token)
-    with attempt.step("receive_upload"):
-        form = await intake.receive(
-            services,
-            request,
-            workdir,
-            before_model=lambda sent: checks.early_metric_check(token, sent, attempt),
-        )
-    attempt.fingerprint = intake.fingerprint(attempt.token_id, form)
+) -> Path | None:
+    """The checks in order; answers the unpacked model of an archive."""
     with attempt.step("check_metric"):
         fields = checks.read_fields(form.fields, attempt)
         if benchmark is None:
@@ -162,15 +215,7 @@ async def _checked_and_claimed(
     checks.apply_options(token, fields, attempt)
     with attempt.step("check_model_name"):
         await checks.check_model_name(services, attempt)
-    if evaluations is not None and benchmark is not None:
-        # The model is scored in the sandbox; the outcome commits when that is done.
-        with attempt.step("queue_evaluation"):
-            return await evaluations.enqueue(
-                services, attempt, form, unpacked, token=token, benchmark=benchmark
-            )
-    with attempt.step("claim_token"):
-        await settle.claim(services.database, attempt)
-    return form, unpacked
+    return unpacked
 
 
 async def _publish(
