@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
@@ -49,12 +49,16 @@ class FieldRefused(ValueError):
         self.error = error
 
 
-def _refusing(error: type[AppError], field: str) -> Any:
+# What a number field may hold before it is parsed: the form's text, or a number in Python.
+RawNumber = str | float | int | None
+
+
+def _refusing(error: type[AppError], field: str) -> Callable[[RawNumber], float]:
     """A validator parsing a number with `parse_number`, refused as `error`."""
 
-    def parse(raw: object) -> float:
+    def parse(raw: RawNumber) -> float:
         try:
-            return parse_number(raw, field=field, error=error)  # type: ignore[arg-type]
+            return parse_number(raw, field=field, error=error)
         except AppError as e:
             raise FieldRefused(e) from e
 
@@ -68,10 +72,10 @@ def _metric(raw: object) -> str:
         raise FieldRefused(e) from e
 
 
-def _min_improvement(raw: object) -> float:
+def _min_improvement(raw: RawNumber) -> float:
     try:
         return validate_min_improvement(
-            parse_number(raw, field="min_improvement", error=ValidationFailed)  # type: ignore[arg-type]
+            parse_number(raw, field="min_improvement", error=ValidationFailed)
         )
     except AppError as e:
         raise FieldRefused(e) from e
