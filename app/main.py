@@ -31,10 +31,10 @@ from app.log_config import configure_logging
 from app.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from app.observability import refreshing_backlog
 from app.openapi import install_openapi
+from app.registration.attempt import RegistrationServices
 from app.registration.hooks import NO_HOOKS, RegistrationHooks
 from app.registration.recovery import recovery_loop
 from app.registration.router import router as registration_router
-from app.registration.service import RegistrationServices
 from app.system import router as system_router
 from app.tokens.router import router as tokens_router
 

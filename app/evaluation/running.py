@@ -21,8 +21,8 @@ from app.evaluation.sandbox import SandboxFailure
 from app.evaluation.service import EvaluationServices, evaluation_json
 from app.evaluation.settling import Settler
 from app.registration import repository as registrations
+from app.registration.attempt import RegistrationServices
 from app.registration.models import Registration, RegistrationStatus
-from app.registration.service import RegistrationServices
 from app.scoring import MetricCheck
 from app.scoring.registry import METRICS
 

@@ -34,7 +34,7 @@ from app.errors import (
     TokenNotRegistrable,
 )
 from app.evaluation import repository
-from app.evaluation.kept_models import keep_model, remove_abandoned_models
+from app.evaluation.kept_models import keep_model
 from app.evaluation.models import Benchmark, EvaluationJob, JobStatus
 from app.evaluation.receipts import ReceiptSigner
 from app.evaluation.sandbox import ModelKind, SandboxInfo, SandboxMode
@@ -52,8 +52,6 @@ __all__ = [
     "await_outcome",
     "evaluation_json",
     "parse_prefer_wait",
-    # app.registration.recovery imports it from here.
-    "remove_abandoned_models",
     "sandbox_usable",
 ]
 

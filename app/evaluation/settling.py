@@ -24,15 +24,11 @@ from app.evaluation.service import EvaluationServices, evaluation_json
 from app.events.outbox import EventType, NewEvent, write_events
 from app.registration import repository as registrations
 from app.registration.artifacts import ModelFormat
+from app.registration.attempt import Attempt, RegistrationServices
+from app.registration.mlflow_step import log_to_mlflow
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.sdk_fields import SDK_FIELDS
-from app.registration.service import (
-    Attempt,
-    RegistrationServices,
-    commit_registration,
-    log_to_mlflow,
-    record_failure,
-)
+from app.registration.settle import commit_registration, record_failure
 from app.scoring import MetricCheck
 from app.tokens import repository as tokens
 from app.tokens.models import TokenStatus

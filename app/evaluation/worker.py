@@ -37,7 +37,7 @@ from app.evaluation.running import JobRunner
 from app.evaluation.sandbox import detect_sandbox, prewarm
 from app.evaluation.service import EvaluationServices, sandbox_usable
 from app.events.signal import EventSignal
-from app.registration.service import RegistrationServices
+from app.registration.attempt import RegistrationServices
 
 log = structlog.get_logger(__name__)
 

@@ -38,16 +38,13 @@ from app.clients.mlflow import ModelVersionRef, RegistrationRun
 from app.db import utcnow
 from app.errors import AppError, MlflowUnavailable, RegistrationInterrupted
 from app.evaluation import repository as evaluations
-from app.evaluation.models import LIVE_JOB_STATUSES
-from app.evaluation.service import remove_abandoned_models
+from app.evaluation.kept_models import remove_abandoned_models
+from app.evaluation.models import LIVE_JOB_STATUSES, EvaluationJob
 from app.registration import repository
+from app.registration.attempt import RegistrationServices
 from app.registration.models import Registration, RegistrationStatus
-from app.registration.service import (
-    RegistrationServices,
-    commit_registration,
-    record_failure,
-    running_attempts,
-)
+from app.registration.service import running_attempts
+from app.registration.settle import commit_registration, record_failure
 from app.tokens import repository as tokens
 from app.tokens.models import Token
 
@@ -161,6 +158,40 @@ async def _settle(
 ) -> Outcome:
     registration_id = token.current_registration_id
     context = {"token_id": token.token_id, "registration_id": registration_id}
+    taken = await _take_over(services, token, stale_before=stale_before, now=now)
+    if taken is None:
+        log.info("stale_registration_taken_by_another", **context)
+        return Outcome.SKIPPED
+    row, job = taken
+    if job is not None and job.status in LIVE_JOB_STATUSES:
+        # The evaluation queue owns it (a dead worker's job is taken again after its lease).
+        log.info("stale_registration_evaluating", job_status=job.status.value, **context)
+        return Outcome.DEFERRED
+    log.info("stale_registration_claimed", claimed_at=token.claimed_at, **context)
+    if row is not None and row.status not in (
+        RegistrationStatus.IN_PROGRESS,
+        RegistrationStatus.EVALUATING,
+    ):
+        # The attempt's outcome is on record (and MLflow was settled with it) but the token never
+        # followed it: end the claim without rewriting that record or touching MLflow.
+        return await _fail_interrupted(services, token, None, [], context)
+    try:
+        runs = await _mlflow(services, _find_runs, services, registration_id)
+        found = await _finished_version(services, row, runs) if row is not None else None
+    except MlflowUnavailable as e:
+        log.warning("stale_registration_deferred", error=e.detail[:300], **context)
+        return Outcome.DEFERRED
+    if row is not None and found is not None:
+        return await _commit_found(services, row, runs, *found, context)
+    return await _fail_interrupted(services, token, row, runs, context)
+
+
+async def _take_over(
+    services: RegistrationServices, token: Token, *, stale_before: dt.datetime, now: dt.datetime
+) -> tuple[Registration | None, EvaluationJob | None] | None:
+    """Renew the stale claim for this sweep: the attempt's row and evaluation job, or None when
+    another process took the token first."""
+    registration_id = token.current_registration_id
     async with services.database.transaction() as session:
         claimed = await tokens.claim_stale_registration(
             session,
@@ -172,44 +203,42 @@ async def _settle(
         row = await repository.get(session, registration_id) if registration_id else None
         evaluating = row is not None and row.status == RegistrationStatus.EVALUATING
         job = await evaluations.get_job(session, row.id) if row is not None and evaluating else None
-    if not claimed:
-        log.info("stale_registration_taken_by_another", **context)
-        return Outcome.SKIPPED
-    if job is not None and job.status in LIVE_JOB_STATUSES:
-        # The evaluation queue owns it (a dead worker's job is taken again after its lease).
-        log.info("stale_registration_evaluating", job_status=job.status.value, **context)
-        return Outcome.DEFERRED
-    log.info("stale_registration_claimed", claimed_at=token.claimed_at, **context)
-    recorded = row is not None and row.status not in (
-        RegistrationStatus.IN_PROGRESS,
-        RegistrationStatus.EVALUATING,
+    return (row, job) if claimed else None
+
+
+async def _commit_found(
+    services: RegistrationServices,
+    row: Registration,
+    runs: list[RegistrationRun],
+    run: RegistrationRun,
+    version: ModelVersionRef,
+    context: dict[str, str | None],
+) -> Outcome:
+    """MLflow finished the attempt's work: commit it as the registration would have."""
+    for other in runs:
+        if other.run_id != run.run_id:
+            await _undo_run(services, row.model_name, other, "a duplicate run of the attempt")
+    row.mlflow_run_id, row.model_version = run.run_id, version.version
+    row.model_uri = version.model_uri
+    await commit_registration(services.database, row)
+    log.info(
+        "stale_registration_finished",
+        mlflow_run_id=run.run_id,
+        model_name=version.model_name,
+        model_version=version.version,
+        **context,
     )
-    if recorded:
-        # The attempt's outcome is on record (and MLflow was settled with it) but the token never
-        # followed it: end the claim without rewriting that record or touching MLflow.
-        row = None
-    try:
-        runs = [] if recorded else await _mlflow(services, _find_runs, services, registration_id)
-        found = await _finished_version(services, row, runs) if row is not None else None
-    except MlflowUnavailable as e:
-        log.warning("stale_registration_deferred", error=e.detail[:300], **context)
-        return Outcome.DEFERRED
-    if row is not None and found is not None:
-        run, version = found
-        for other in runs:
-            if other.run_id != run.run_id:
-                await _undo_run(services, row.model_name, other, "a duplicate run of the attempt")
-        row.mlflow_run_id, row.model_version = run.run_id, version.version
-        row.model_uri = version.model_uri
-        await commit_registration(services.database, row)
-        log.info(
-            "stale_registration_finished",
-            mlflow_run_id=run.run_id,
-            model_name=version.model_name,
-            model_version=version.version,
-            **context,
-        )
-        return Outcome.REGISTERED
+    return Outcome.REGISTERED
+
+
+async def _fail_interrupted(
+    services: RegistrationServices,
+    token: Token,
+    row: Registration | None,
+    runs: list[RegistrationRun],
+    context: dict[str, str | None],
+) -> Outcome:
+    """Undo the attempt's runs and settle it as failed (`row` None: its record stays as is)."""
     detail = (
         "the process registering this model stopped before the registration finished; "
         "the token can be registered again"
@@ -226,7 +255,7 @@ async def _settle(
     settled = await record_failure(
         services.database,
         token.token_id,
-        registration_id,
+        token.current_registration_id,
         row,
         problem=error.problem(),
         response_status=500,

@@ -35,95 +35,22 @@ from app.errors import (
 )
 from app.evaluation import service as evaluation
 from app.openapi import REQUEST_NOT_VALID, problem_responses
-from app.registration import sdk_fields, service
-from app.registration.artifacts.names import SINGLE_FILE_EXTENSIONS
+from app.registration import service
+from app.registration.attempt import RegistrationServices
+from app.registration.form import form_schema
 from app.registration.models import RegistrationStatus
 from app.registration.schemas import RegistrationList, RegistrationPublic
-from app.scoring.registry import METRICS
+from app.registration.upload import receive_form
 from app.tokens.schemas import TOKEN_ID_RULE
 
 router = APIRouter(tags=["registrations"])
 
 
-def _metric_names() -> str:
-    return ", ".join(
-        f"`{spec.name}`" + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
-        for spec in METRICS.values()
-    )
-
-
-# Properties in the order a client should send them: the model comes last, so a wrong metric is
-# refused before the upload is received. Swagger UI prefills each field from `examples`, shows a
-# file picker for `format: binary`, and sends the optional fields left empty as empty values
-# (its "Send empty value" is on by default): the service takes an empty field, and an empty
-# file field, as not sent. No multipart `encoding` is given: with one, Swagger UI sends an empty
-# file field as an empty file of that type.
-_FORM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["model_file", "metric", "baseline"],
-    "properties": {
-        "metric": {
-            "type": "string",
-            "examples": ["auroc"],
-            "description": f"The metric's name, any case: {_metric_names()}. Must be the "
-            "token's benchmark metric when it has one.",
-        },
-        "baseline": {
-            "type": "number",
-            "examples": [0.82],
-            "description": "The score to beat; must equal the token's benchmark baseline when "
-            "it has one.",
-        },
-        "metric_value": {
-            "type": "number",
-            "examples": [0.86],
-            "description": "The candidate's score on the benchmark. Send this or `predictions`.",
-        },
-        "min_improvement": {
-            "type": "number",
-            "minimum": 0,
-            "default": 0,
-            "description": "How much better than the baseline the score must be.",
-        },
-        "model_name": {
-            "type": "string",
-            "default": "",
-            "description": "MLflow registered model name; empty means `hokusai-{TOKEN_ID}`.",
-        },
-        "sha256": {
-            "type": "string",
-            "default": "",
-            "description": "Hex SHA-256 the upload must match; empty means not checked.",
-        },
-        "tags": {
-            "type": "string",
-            "examples": ['{"framework": "sklearn"}'],
-            "description": "JSON object of string to string, copied onto the MLflow run. The "
-            "tag `user_id` (or `fulfilled_by_user_id`) names the registrant to the Hokusai site.",
-        },
-        **sdk_fields.form_properties(),
-        "predictions": {
-            "type": "string",
-            "format": "binary",
-            "contentMediaType": "text/csv",
-            "description": "Instead of `metric_value`: a CSV with a header of `y_true` and "
-            "`y_pred` and/or `y_score`; the service computes the metric.",
-        },
-        "model_file": {
-            "type": "string",
-            "format": "binary",
-            "contentMediaType": "application/octet-stream",
-            "description": f"The model: one file ({', '.join(SINGLE_FILE_EXTENSIONS)}) or an "
-            "MLflow model folder packed as .zip or .tar.gz with an MLmodel file at its root.",
-        },
-    },
-}
-
 _REGISTER_REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
         "multipart/form-data": {
-            "schema": _FORM_SCHEMA,
+            "schema": form_schema(),
         }
     },
 }
@@ -255,14 +182,18 @@ async def register_model(
     upload is read. To try it from /docs, create the example token with `POST /tokens` first
     and pick any small model file.
     """
-    services: service.RegistrationServices = request.app.state.registration
-    result = await service.register(
-        services,
-        request,
-        raw_token_id=token_id,
-        principal=principal,
-        idempotency_key=idempotency_key,
-    )
+    services: RegistrationServices = request.app.state.registration
+    async with service.registering(
+        services, raw_token_id=token_id, principal=principal, idempotency_key=idempotency_key
+    ) as registration:
+        with registration.step("receive_upload"):
+            form = await receive_form(
+                request,
+                directory=registration.workdir,
+                limits=registration.limits,
+                before_model=registration.before_model,
+            )
+        result = await registration.complete(form)
     response.headers["Location"] = f"/registrations/{result.registration_id}"
     if result.status == RegistrationStatus.EVALUATING:
         wait = evaluation.parse_prefer_wait(prefer)

@@ -7,12 +7,9 @@ printable characters, never used as a path or a name anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-
-from app.errors import ValidationFailed
+from pydantic import AfterValidator, Field
 
 MAX_LENGTH = 255
 SDK_FIELDS = (
@@ -44,54 +41,9 @@ def _printable(value: str) -> str:
     return value
 
 
+# One SDK field of the form: optional, short, printable (app.registration.form).
 SdkText = Annotated[
     str | None,
     Field(default=None, max_length=MAX_LENGTH),
     AfterValidator(lambda value: None if value is None else _printable(value)),
 ]
-
-
-class SdkFields(BaseModel):
-    """The five fields, each optional."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    proposal_identifier: SdkText = None
-    eval_spec: SdkText = None
-    scorer_ref: SdkText = None
-    primary_metric: SdkText = None
-    benchmark_spec_id: SdkText = None
-
-    def present(self) -> dict[str, str]:
-        """The fields that were sent, in SDK_FIELDS order."""
-        return {name: value for name in SDK_FIELDS if (value := getattr(self, name)) is not None}
-
-
-def parse_sdk_fields(fields: Mapping[str, str]) -> SdkFields:
-    """The five fields from the form (an empty one counts as absent); 422 validation_error."""
-    sent = {name: fields[name] for name in SDK_FIELDS if fields.get(name)}
-    try:
-        return SdkFields.model_validate(sent)
-    except ValidationError as e:
-        error = e.errors(include_input=False, include_url=False)[0]
-        name = str(error["loc"][0]) if error["loc"] else "a field"
-        reason = (
-            f"at most {MAX_LENGTH} characters"
-            if error["type"] == "string_too_long"
-            else str(error["msg"]).removeprefix("Value error, ")
-        )
-        raise ValidationFailed(f"the field {name!r} is not valid: {reason}") from e
-
-
-def form_properties() -> dict[str, Any]:
-    """The fields' entries in the OpenAPI schema of the registration form."""
-    return {
-        name: {
-            "type": "string",
-            "maxLength": MAX_LENGTH,
-            "examples": [EXAMPLES[name]],
-            "description": f"Optional. {DESCRIPTIONS[name]} Kept with the registration, set "
-            f"as the MLflow run tag `hokusai.{name}` and carried in `model_registered`.",
-        }
-        for name in SDK_FIELDS
-    }

@@ -45,6 +45,7 @@ from app.registration.artifacts.names import (
     shown,
 )
 from app.registration.artifacts.sniffing import HEAD_BYTES
+from app.registration.form import MODEL_FIELD, PREDICTIONS_FIELD, TEXT_FIELDS
 from app.registration.multipart import (
     MultipartError,
     MultipartParser,
@@ -53,23 +54,6 @@ from app.registration.multipart import (
     boundary_of,
 )
 
-MODEL_FIELD = "model_file"
-PREDICTIONS_FIELD = "predictions"
-TEXT_FIELDS = (
-    "metric",
-    "baseline",
-    "metric_value",
-    "min_improvement",
-    "model_name",
-    "sha256",
-    "tags",
-    # The Hokusai SDK's optional fields (app.registration.sdk_fields).
-    "proposal_identifier",
-    "eval_spec",
-    "scorer_ref",
-    "primary_metric",
-    "benchmark_spec_id",
-)
 MAX_FIELD_BYTES = 64 * 1024
 # Every field and file once, plus room for fields this version does not know (they are ignored).
 MAX_PARTS = 64
@@ -308,60 +292,10 @@ async def receive_form(
     before_model: Callable[[Mapping[str, str]], None],
 ) -> RegistrationForm:
     """Stream the request's multipart body into `directory`; the files land on disk."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise UnsupportedMediaType(
-            "send the registration as multipart/form-data",
-            extra={"content_type": content_type[:100].encode("ascii", "replace").decode()},
-        )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise _model_too_large(limits.max_upload_bytes)
-
-    fields: dict[str, str] = {}
-
-    def model_started(filename: str) -> str:
-        check_client_filename(filename, what="model file", error=InvalidModelFile)
-        format_for_filename(filename)
-        before_model(fields)
-        return stored_model_name(filename)
-
-    def predictions_started(filename: str) -> str:
-        # A part without a file name is what a form sends for a file field left empty (an HTML
-        # form, Swagger UI's "Try it out"); it is judged by its size when it ends.
-        if not filename:
-            return _PREDICTIONS_NAME
-        check_client_filename(filename, what="predictions file", error=InvalidPredictions)
-        if not filename.lower().endswith(".csv"):
-            raise InvalidPredictions("predictions must be a .csv file")
-        return _PREDICTIONS_NAME
-
-    model = FileTarget(
-        directory=directory / "model",
-        limit=limits.max_upload_bytes,
-        too_large=_model_too_large,
-        on_start=model_started,
-    )
-    predictions = FileTarget(
-        directory=directory / "predictions",
-        limit=limits.max_predictions_bytes,
-        too_large=_predictions_too_large,
-        on_start=predictions_started,
-    )
-
-    def on_part(part: PartHeaders) -> PartSink:
-        name = part.name
-        if not name or len(name) > MAX_PART_NAME_CHARS or not name.isprintable():
-            raise MultipartError(f"the part name {shown(name[:MAX_PART_NAME_CHARS])} is not valid")
-        if name == MODEL_FIELD:
-            return model.start(part.filename or "")
-        if name == PREDICTIONS_FIELD:
-            return predictions.start(part.filename or "")
-        if name in TEXT_FIELDS:
-            return FieldTarget(name, fields)
-        return IgnoredPart()
-
-    parser = MultipartParser(boundary_of(content_type), on_part, max_parts=MAX_PARTS)
+    content_type = _multipart_type(request, limits)
+    parts = _FormParts(directory, limits, before_model)
+    model, predictions = parts.model, parts.predictions
+    parser = MultipartParser(boundary_of(content_type), parts.on_part, max_parts=MAX_PARTS)
     try:
         async for chunk in _body(request, limits):
             parser.feed(chunk)
@@ -384,10 +318,77 @@ async def receive_form(
     parser.close()
     observability.MODEL_UPLOAD_SIZE.observe(model.size)
     return RegistrationForm(
-        fields=fields,
+        fields=parts.fields,
         model=model.received(),
         predictions=_sent_predictions(predictions),
     )
+
+
+def _multipart_type(request: Request, limits: UploadLimits) -> str:
+    """The request's multipart/form-data content type; refused early if it is not or too big."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UnsupportedMediaType(
+            "send the registration as multipart/form-data",
+            extra={"content_type": content_type[:100].encode("ascii", "replace").decode()},
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise _model_too_large(limits.max_upload_bytes)
+    return content_type
+
+
+class _FormParts:
+    """Where each part of the registration form goes: text fields, the model, the predictions."""
+
+    def __init__(
+        self,
+        directory: Path,
+        limits: UploadLimits,
+        before_model: Callable[[Mapping[str, str]], None],
+    ) -> None:
+        self.fields: dict[str, str] = {}
+        self._before_model = before_model
+        self.model = FileTarget(
+            directory=directory / "model",
+            limit=limits.max_upload_bytes,
+            too_large=_model_too_large,
+            on_start=self._model_started,
+        )
+        self.predictions = FileTarget(
+            directory=directory / "predictions",
+            limit=limits.max_predictions_bytes,
+            too_large=_predictions_too_large,
+            on_start=self._predictions_started,
+        )
+
+    def on_part(self, part: PartHeaders) -> PartSink:
+        name = part.name
+        if not name or len(name) > MAX_PART_NAME_CHARS or not name.isprintable():
+            raise MultipartError(f"the part name {shown(name[:MAX_PART_NAME_CHARS])} is not valid")
+        if name == MODEL_FIELD:
+            return self.model.start(part.filename or "")
+        if name == PREDICTIONS_FIELD:
+            return self.predictions.start(part.filename or "")
+        if name in TEXT_FIELDS:
+            return FieldTarget(name, self.fields)
+        return IgnoredPart()
+
+    def _model_started(self, filename: str) -> str:
+        check_client_filename(filename, what="model file", error=InvalidModelFile)
+        format_for_filename(filename)
+        self._before_model(self.fields)
+        return stored_model_name(filename)
+
+    def _predictions_started(self, filename: str) -> str:
+        # A part without a file name is what a form sends for a file field left empty (an HTML
+        # form, Swagger UI's "Try it out"); it is judged by its size when it ends.
+        if not filename:
+            return _PREDICTIONS_NAME
+        check_client_filename(filename, what="predictions file", error=InvalidPredictions)
+        if not filename.lower().endswith(".csv"):
+            raise InvalidPredictions("predictions must be a .csv file")
+        return _PREDICTIONS_NAME
 
 
 def _sent_predictions(target: FileTarget) -> ReceivedFile | None:

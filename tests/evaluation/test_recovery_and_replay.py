@@ -13,8 +13,8 @@ import anyio
 import sqlalchemy as sa
 
 from app.db import UTCDateTime, utcnow
+from app.registration.attempt import RegistrationServices
 from app.registration.recovery import recover_stale
-from app.registration.service import RegistrationServices
 from tests.evaluation.data import benchmark_csv, classification, logistic, put_benchmark
 from tests.factories import create_token, register
 from tests.support.service import Api

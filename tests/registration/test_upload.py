@@ -15,7 +15,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from app.registration import service
+from app.registration import checks
 from tests.factories import create_token, pickle_bytes, register, sha256
 from tests.support.mlflow import model_versions
 from tests.support.service import Api
@@ -269,13 +269,13 @@ class TestEmptyModelFile:
 def upload_dir_during_checks(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[set[Path]]:
     """What the upload folder held while the upload was checked, one set per registration."""
     seen: list[set[Path]] = []
-    original: Callable[..., Any] = service._check_upload
+    original: Callable[..., Any] = checks.check_upload
 
     async def spy(*args: Any, **kwargs: Any) -> Any:
         seen.append({p for p in api.settings.upload_dir.rglob("*") if p.is_file()})
         return await original(*args, **kwargs)
 
-    monkeypatch.setattr(service, "_check_upload", spy)
+    monkeypatch.setattr(checks, "check_upload", spy)
     return seen
 
 

@@ -43,9 +43,9 @@ from app.auth.service import create_api_key
 from app.clients.mlflow import EXPERIMENT_NAME
 from app.db import Database, UTCDateTime, utcnow
 from app.manage import migrate
+from app.registration.attempt import RegistrationServices
 from app.registration.hooks import NO_HOOKS, Stage
 from app.registration.recovery import recover_stale
-from app.registration.service import RegistrationServices
 from tests.factories import create_token, pickle_bytes, register
 from tests.mlflow_server import free_port
 from tests.support import serve

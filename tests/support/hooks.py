@@ -17,8 +17,8 @@ from pathlib import Path
 
 import anyio
 
+from app.registration.attempt import RegistrationServices
 from app.registration.hooks import Stage
-from app.registration.service import RegistrationServices
 from tests.support.service import Api
 
 # How long a paused registration waits at most before it goes on by itself.
