@@ -37,7 +37,13 @@ from hokusai_client.errors import (
     UsageError,
 )
 from hokusai_client.receipts import VerifiedReceipt, verify_receipt
-from hokusai_client.transport import OnRetry, ServiceJSON, Transport, json_of
+from hokusai_client.transport import (
+    OnRetry,
+    ServiceJSON,
+    Transport,
+    json_of,
+    tls_verification,
+)
 from hokusai_client.uploads import Advance, DigestField, HashingReader, PackFormat, pack_folder
 
 # Registering a large model takes the service a while after the last byte (MLflow copies it).
@@ -130,6 +136,7 @@ class HokusaiClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
             transport=transport,
+            verify=tls_verification(self.api_url),
         )
         self._transport = Transport(
             http, api_url=self.api_url, timeout=timeout, retries=retries, on_retry=on_retry
