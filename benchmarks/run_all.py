@@ -111,7 +111,7 @@ HOW_IT_WORKS = """\
   registered model (tags, aliases, latest versions) before writing a version and again before
   setting an alias, to refuse a prompt's name. A registration that has just created its registered
   model writes both through MLflow's registry store for the database instead (the same store and
-  engine MLflow builds for the URI; `app/clients/mlflow.py`). One that found the model already
+  engine MLflow builds for the URI; `app/clients/mlflow/versions.py`). One that found the model already
   there keeps the client's checks. MLflow's usage telemetry is off, so no call inspects its own
   signature to report it.
 - **No thread hop for state.** The dependencies that hand a request the settings, the database

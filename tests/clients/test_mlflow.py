@@ -608,8 +608,8 @@ class TestSetUp:
 
     def test_overlapping_blocks_may_end_in_any_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
         # As if no block were open (this module's own stays open around the test).
-        monkeypatch.setattr("app.clients.mlflow._open_environments", [])
-        monkeypatch.setattr("app.clients.mlflow._replaced", {})
+        monkeypatch.setattr("app.clients.mlflow.setup._open_environments", [])
+        monkeypatch.setattr("app.clients.mlflow.setup._replaced", {})
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
         for name in self.OTHERS:
             monkeypatch.delenv(name, raising=False)
