@@ -321,6 +321,20 @@ class TestHappyPath:
         assert ref == ModelVersionRef(model_name, "1", f"models:/{model_name}/1")
         assert_registered(reader, run_id, ref, model_file=model_file, tmp_path=tmp_path)
 
+    def test_logs_several_metrics_in_one_batch_at_step_zero(
+        self, registry: MlflowRegistry, reader: MlflowClient
+    ) -> None:
+        run_id = registry.start_run(run_name="metrics", tags=run_tags())
+
+        registry.log_metrics(run_id, {"accuracy": 0.91, "accuracy_ci95_low": 0.88})
+
+        assert reader.get_run(run_id).data.metrics == {
+            "accuracy": pytest.approx(0.91),
+            "accuracy_ci95_low": pytest.approx(0.88),
+        }
+        history = reader.get_metric_history(run_id, "accuracy_ci95_low")
+        assert [(m.step, m.value) for m in history] == [(0, pytest.approx(0.88))]
+
     def test_logs_a_directory_contents_under_model(
         self, registry: MlflowRegistry, reader: MlflowClient, tmp_path: Path
     ) -> None:
