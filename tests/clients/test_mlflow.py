@@ -332,8 +332,8 @@ class TestHappyPath:
             "accuracy": pytest.approx(0.91),
             "accuracy_ci95_low": pytest.approx(0.88),
         }
-        history = reader.get_metric_history(run_id, "accuracy_ci95_low")
-        assert [(m.step, m.value) for m in history] == [(0, pytest.approx(0.88))]
+        (point,) = reader.get_metric_history(run_id, "accuracy_ci95_low")
+        assert point.step == 0 and point.value == pytest.approx(0.88)
 
     def test_logs_a_directory_contents_under_model(
         self, registry: MlflowRegistry, reader: MlflowClient, tmp_path: Path
