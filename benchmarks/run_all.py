@@ -108,7 +108,8 @@ HOW_IT_WORKS = """\
 - **A log line below the level costs nothing.** structlog drops it before its processors run
   (`structlog.stdlib.filter_by_level` first), and the redaction matches each key name once.
 - **The command line loads no CA bundle for an http:// service** (about 35 ms of its start-up):
-  its client gets a TLS context that trusts nothing instead.
+  its client gets a TLS context that trusts nothing instead. It hashes the model on a thread of
+  its own, one chunk behind the send, so hashing does not pause the upload.
 - **Bytecode is compiled at install** (`uv sync --compile-bytecode`), so a start does not compile
   the stack from source where `PYTHONDONTWRITEBYTECODE` is set.
 - **MLflow runs in a bounded thread pool** (`HOKUSAI_MLFLOW_THREADS`) off the event loop, with
