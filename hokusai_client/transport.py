@@ -8,6 +8,8 @@ loss, which is most likely the first attempt still running. Everything else is a
 
 from __future__ import annotations
 
+import os
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ MAX_RETRY_AFTER = 30.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 8.0
 BACKOFF_JITTER = 0.5
+_PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,22 @@ class _RetryableAnswer(Exception):
         self.response = response
         self.wait = wait
         self.reason = reason
+
+
+def tls_verification(api_url: str) -> ssl.SSLContext | bool:
+    """httpx's `verify` for a client of `api_url`.
+
+    httpx loads the whole CA bundle when a client is made (tens of milliseconds, a large part of
+    the command line's start-up) even when every request is plain HTTP. A client of an http://
+    service gets a TLS context that trusts no certificate instead: nothing is loaded, and should
+    a request ever reach an https:// URL, its verification fails rather than passes. Through a
+    proxy (which may itself speak TLS) the client keeps the usual verification.
+    """
+    if api_url.lower().startswith("https:") or any(
+        name.lower() in _PROXY_VARIABLES for name in os.environ
+    ):
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def describe(error: BaseException) -> str:

@@ -3,7 +3,9 @@
 httpx builds and streams the multipart body. What this module adds:
 
 - `HashingReader`, the model file as httpx reads it: 1 MiB at a time, hashed and counted on the way
-  (progress comes from the same pass), so the file is read from disk exactly once per attempt.
+  (progress comes from the same pass), so the file is read from disk exactly once per attempt. The
+  hashing runs on a thread of its own, one chunk behind: hashlib releases the GIL, so a chunk is
+  hashed while the one before it is being sent rather than between the sends.
 - `DigestField`, the `sha256` form field sent after the file, whose value is the digest of what was
   just sent. The service parses the whole body before it compares the two, so the check means what
   it always meant: the bytes that arrived are the bytes that were read.
@@ -16,6 +18,7 @@ import enum
 import hashlib
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -59,15 +62,26 @@ class HashingReader:
         self._advance: Advance | None = None
         self._read_bytes = read_bytes
         self._hash = hashlib.sha256()
+        # One thread, one chunk in flight: the chunks are hashed in order, and no more than two
+        # are held at a time (the one being sent and the one being hashed).
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hokusai-sha256")
+        self._hashing: Future[None] | None = None
         self._sent = 0
         self.passes = 0
 
     def fileno(self) -> int:
         return self._file.fileno()
 
+    def _hashed(self) -> None:
+        """Wait until every chunk read so far is in the hash."""
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
+
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         if (offset, whence) != (0, os.SEEK_SET):
             raise OSError("a HashingReader only rewinds to its start")
+        self._hashed()
         self._file.seek(0)
         self._hash = hashlib.sha256()
         self._sent = 0
@@ -86,9 +100,11 @@ class HashingReader:
                 f"{self.path} changed size while it was being sent "
                 f"({self.size} bytes announced, {self._sent} read)"
             )
-        self._hash.update(chunk)
-        if chunk and self._advance is not None:
-            self._advance(len(chunk))
+        self._hashed()
+        if chunk:
+            self._hashing = self._hasher.submit(self._hash.update, chunk)
+            if self._advance is not None:
+                self._advance(len(chunk))
         return chunk
 
     @property
@@ -99,9 +115,12 @@ class HashingReader:
         """The sha256 of the whole file, once it has all been read."""
         if not self.done:
             raise FileChanged(f"{self.path} was not read to its end")
+        self._hashed()
         return self._hash.hexdigest()
 
     def close(self) -> None:
+        self._hasher.shutdown(wait=True)
+        self._hashing = None
         self._file.close()
 
     def __enter__(self) -> HashingReader:

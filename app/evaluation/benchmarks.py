@@ -40,7 +40,7 @@ from app.registration.upload import (
     FileTarget,
     IgnoredPart,
     UploadLimits,
-    capped_body,
+    feed_body,
 )
 from app.scoring.compute import (
     COLUMNS,
@@ -162,8 +162,7 @@ async def receive_dataset(
 
     parser = MultipartParser(boundary_of(content_type), on_part, max_parts=MAX_PARTS)
     try:
-        async for chunk in capped_body(request, limits):
-            parser.feed(chunk)
+        await feed_body(request, limits, parser.feed)
     except ClientDisconnect as e:
         raise UploadIncomplete("the client disconnected before the upload finished") from e
     finally:

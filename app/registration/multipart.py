@@ -60,8 +60,13 @@ class PartHeaders:
     content_type: str | None
 
 
+# A part's bytes as the parser hands them on: a view into the arriving chunk when it passes
+# through whole (no copy), bytes otherwise. A sink that keeps one past its `write` copies it.
+Chunk = bytes | memoryview
+
+
 class PartSink(Protocol):
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: Chunk) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -219,7 +224,7 @@ class MultipartParser:
 
     def _passes_through(self, data: bytes) -> bool:
         """The common case of a large upload: no boundary in `data`, so it goes to the sink
-        without being copied into the buffer (which holds at most a boundary's length here)."""
+        without being copied (the buffer holds at most a boundary's length here)."""
         assert self._sink is not None
         keep = len(self._delimiter) - 1
         if len(data) <= keep:
@@ -228,8 +233,9 @@ class MultipartParser:
             return False
         if self._buffer:
             self._sink.write(bytes(self._buffer))
-        self._sink.write(data[:-keep])
-        self._buffer = bytearray(data[-keep:])
+        view = memoryview(data)
+        self._sink.write(view[:-keep])
+        self._buffer = bytearray(view[-keep:])
         return True
 
     def close(self) -> None:

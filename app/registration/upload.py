@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -47,6 +47,7 @@ from app.registration.artifacts.names import (
 from app.registration.artifacts.sniffing import HEAD_BYTES
 from app.registration.form import MODEL_FIELD, PREDICTIONS_FIELD, TEXT_FIELDS
 from app.registration.multipart import (
+    Chunk,
     MultipartError,
     MultipartParser,
     PartHeaders,
@@ -111,11 +112,11 @@ class FieldTarget:
         if name in received:
             raise ValidationFailed(f"the field {name!r} was sent more than once")
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: Chunk) -> None:
         self._size += len(chunk)
         if self._size > self._limit:
             raise ValidationFailed(f"the field {self._name!r} is longer than {self._limit} bytes")
-        self._chunks.append(chunk)
+        self._chunks.append(bytes(chunk))
 
     def finish(self) -> None:
         try:
@@ -127,7 +128,7 @@ class FieldTarget:
 class IgnoredPart:
     """A part this version does not read; its bytes still count against the body's cap."""
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: Chunk) -> None:
         pass
 
     def finish(self) -> None:
@@ -175,7 +176,7 @@ class FileTarget:
         self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
         return self
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: Chunk) -> None:
         self.size += len(chunk)
         if self.size > self._limit:
             raise self._too_large(self._limit)
@@ -243,45 +244,59 @@ def stored_model_name(filename: str) -> str:
     return "model" + extension
 
 
-async def _body(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
-    """The request body, with the idle timeout, the minimum rate and the deadline enforced."""
-    stream = request.stream().__aiter__()
+def _idle(limits: UploadLimits) -> UploadTimedOut:
+    return UploadTimedOut(
+        f"no data arrived for {limits.idle_timeout_seconds:g} s",
+        extra={"idle_timeout_seconds": limits.idle_timeout_seconds},
+    )
+
+
+def _check_pace(limits: UploadLimits, *, received: int, elapsed: float) -> None:
+    """Refuse a body that, `elapsed` seconds in, arrives too slowly or has grown too large."""
+    if elapsed > limits.idle_timeout_seconds and received < limits.min_bytes_per_second * elapsed:
+        raise UploadTimedOut(
+            f"the upload arrives slower than {limits.min_bytes_per_second:g} bytes/s",
+            extra={"min_bytes_per_second": limits.min_bytes_per_second},
+        )
+    if received > limits.max_body_bytes:
+        raise PayloadTooLarge(
+            f"the request body is larger than {limits.max_body_bytes} bytes",
+            extra={"limit_bytes": limits.max_body_bytes},
+        )
+
+
+def _past_deadline(limits: UploadLimits) -> UploadTimedOut:
+    return UploadTimedOut(
+        f"the upload took longer than {limits.deadline_seconds:g} s",
+        extra={"deadline_seconds": limits.deadline_seconds},
+    )
+
+
+async def feed_body(request: Request, limits: UploadLimits, feed: Callable[[bytes], None]) -> None:
+    """The request body handed to `feed` chunk by chunk: idle timeout, minimum rate, deadline.
+
+    One cancel scope covers the whole body rather than one per chunk (a few microseconds each,
+    thousands of chunks per GiB). Its deadline moves on at most once every `slack` seconds, so
+    an upload is dropped after between `idle` and `idle + slack` seconds of silence, never
+    sooner. `feed` is synchronous: nothing else waits inside the scope.
+    """
+    idle = limits.idle_timeout_seconds
+    slack = min(1.0, idle / 20)
     started = time.monotonic()
+    end = started + limits.deadline_seconds
     received = 0
-    while True:
-        elapsed = time.monotonic() - started
-        remaining = limits.deadline_seconds - elapsed
-        if remaining <= 0:
-            raise UploadTimedOut(
-                f"the upload took longer than {limits.deadline_seconds:g} s",
-                extra={"deadline_seconds": limits.deadline_seconds},
-            )
-        with anyio.move_on_after(min(limits.idle_timeout_seconds, remaining)) as waiting:
-            try:
-                chunk = await stream.__anext__()
-            except StopAsyncIteration:
-                return
-        if waiting.cancelled_caught:
-            raise UploadTimedOut(
-                f"no data arrived for {limits.idle_timeout_seconds:g} s",
-                extra={"idle_timeout_seconds": limits.idle_timeout_seconds},
-            )
-        received += len(chunk)
-        elapsed = time.monotonic() - started
-        if (
-            elapsed > limits.idle_timeout_seconds
-            and received < limits.min_bytes_per_second * elapsed
-        ):
-            raise UploadTimedOut(
-                f"the upload arrives slower than {limits.min_bytes_per_second:g} bytes/s",
-                extra={"min_bytes_per_second": limits.min_bytes_per_second},
-            )
-        if received > limits.max_body_bytes:
-            raise PayloadTooLarge(
-                f"the request body is larger than {limits.max_body_bytes} bytes",
-                extra={"limit_bytes": limits.max_body_bytes},
-            )
-        yield chunk
+    with anyio.CancelScope(deadline=min(started + idle + slack, end)) as scope:
+        async for chunk in request.stream():
+            now = time.monotonic()
+            received += len(chunk)
+            _check_pace(limits, received=received, elapsed=now - started)
+            feed(chunk)
+            if now >= end:
+                raise _past_deadline(limits)
+            if scope.deadline < now + idle:
+                scope.deadline = min(now + idle + slack, end)
+    if scope.cancelled_caught:
+        raise _past_deadline(limits) if time.monotonic() >= end else _idle(limits)
 
 
 async def receive_form(
@@ -297,8 +312,7 @@ async def receive_form(
     model, predictions = parts.model, parts.predictions
     parser = MultipartParser(boundary_of(content_type), parts.on_part, max_parts=MAX_PARTS)
     try:
-        async for chunk in _body(request, limits):
-            parser.feed(chunk)
+        await feed_body(request, limits, parser.feed)
     except ClientDisconnect as e:
         raise UploadIncomplete("the client disconnected before the upload finished") from e
     finally:
@@ -400,7 +414,3 @@ def _sent_predictions(target: FileTarget) -> ReceivedFile | None:
             return None
         raise InvalidPredictions("predictions must be a .csv file")
     return target.received()
-
-
-# A benchmark upload (app.evaluation) reads its body under the same idle, rate and size limits.
-capped_body = _body

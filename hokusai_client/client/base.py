@@ -12,7 +12,7 @@ import httpx
 from hokusai_client import __version__
 from hokusai_client.config import API_KEY_VARIABLE, resolve_api_key, resolve_api_url
 from hokusai_client.errors import UsageError
-from hokusai_client.transport import OnRetry, ServiceJSON, Transport, json_of
+from hokusai_client.transport import OnRetry, ServiceJSON, Transport, json_of, tls_verification
 from hokusai_client.uploads import Advance
 
 # Registering a large model takes the service a while after the last byte (MLflow copies it).
@@ -80,6 +80,7 @@ class ClientBase:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
             transport=transport,
+            verify=tls_verification(self.api_url),
         )
         self._transport = Transport(
             http, api_url=self.api_url, timeout=timeout, retries=retries, on_retry=on_retry

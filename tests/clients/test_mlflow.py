@@ -321,6 +321,20 @@ class TestHappyPath:
         assert ref == ModelVersionRef(model_name, "1", f"models:/{model_name}/1")
         assert_registered(reader, run_id, ref, model_file=model_file, tmp_path=tmp_path)
 
+    def test_logs_several_metrics_in_one_batch_at_step_zero(
+        self, registry: MlflowRegistry, reader: MlflowClient
+    ) -> None:
+        run_id = registry.start_run(run_name="metrics", tags=run_tags())
+
+        registry.log_metrics(run_id, {"accuracy": 0.91, "accuracy_ci95_low": 0.88})
+
+        assert reader.get_run(run_id).data.metrics == {
+            "accuracy": pytest.approx(0.91),
+            "accuracy_ci95_low": pytest.approx(0.88),
+        }
+        (point,) = reader.get_metric_history(run_id, "accuracy_ci95_low")
+        assert point.step == 0 and point.value == pytest.approx(0.88)
+
     def test_logs_a_directory_contents_under_model(
         self, registry: MlflowRegistry, reader: MlflowClient, tmp_path: Path
     ) -> None:
@@ -608,8 +622,8 @@ class TestSetUp:
 
     def test_overlapping_blocks_may_end_in_any_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
         # As if no block were open (this module's own stays open around the test).
-        monkeypatch.setattr("app.clients.mlflow._open_environments", [])
-        monkeypatch.setattr("app.clients.mlflow._replaced", {})
+        monkeypatch.setattr("app.clients.mlflow.setup._open_environments", [])
+        monkeypatch.setattr("app.clients.mlflow.setup._replaced", {})
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
         for name in self.OTHERS:
             monkeypatch.delenv(name, raising=False)

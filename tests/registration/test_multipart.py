@@ -9,6 +9,7 @@ import pytest
 from app.errors import AppError, PayloadTooLarge
 from app.registration.multipart import (
     MAX_HEADER_BYTES,
+    Chunk,
     MultipartError,
     MultipartParser,
     PartHeaders,
@@ -30,7 +31,7 @@ class Collected:
         self._data = bytearray()
         return self
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Chunk) -> None:
         self._data += data
 
     def finish(self) -> None:
