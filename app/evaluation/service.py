@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import anyio
 import structlog
 from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import observability
 from app.config import Environment, Settings
@@ -41,6 +42,7 @@ from app.evaluation.sandbox import ModelKind, SandboxInfo, SandboxMode
 from app.events.signal import EventSignal, new_events
 from app.registration import repository as registrations
 from app.registration.artifacts import ModelFormat
+from app.registration.checks import require_name_unheld
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationPublic
 from app.registration.upload import RegistrationForm
@@ -85,9 +87,8 @@ class EvaluationServices:
 
     # The registration's side ---------------------------------------------------------------------
 
-    async def benchmark_for(self, token: Token) -> object | None:
-        async with self.database.transaction(read_only=True) as session:
-            return await repository.latest_benchmark(session, token.token_id)
+    async def benchmark_for(self, session: AsyncSession, token: Token) -> object | None:
+        return await repository.latest_benchmark(session, token.token_id)
 
     async def enqueue(
         self,
@@ -162,6 +163,7 @@ class EvaluationServices:
         model is removed when that does not happen."""
         try:
             async with self.database.transaction() as session:
+                await require_name_unheld(session, attempt)
                 claimed = await tokens.compare_and_set(
                     session,
                     attempt.token_id,

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import structlog
 from anyio import CapacityLimiter
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.clients.mlflow import MlflowRegistry
 from app.config import Settings
@@ -33,8 +34,11 @@ log = structlog.get_logger(__name__)
 class Evaluations(Protocol):
     """Verified evaluation, as a registration sees it (app.evaluation.service implements it)."""
 
-    async def benchmark_for(self, token: Token) -> object | None:
-        """The token's sealed benchmark, if it has one: then the model is evaluated."""
+    async def benchmark_for(self, session: AsyncSession, token: Token) -> object | None:
+        """The token's sealed benchmark, if it has one: then the model is evaluated.
+
+        Read in the caller's transaction, the one that reads the token.
+        """
 
     async def enqueue(
         self,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import structlog
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.clients.mlflow import MlflowError
 from app.errors import (
@@ -256,9 +257,10 @@ async def check_model_name(services: RegistrationServices, attempt: Attempt) -> 
     """A registration may name only its own token's model, or a name no other token holds.
 
     `hokusai-<TOKEN_ID>` names are reserved for their token; any other name is taken once a token
-    records it as its model or MLflow holds a version of it from another token (or from outside
-    the service). The MLflow step checks again after creating its version, for a race between two
-    first registrations of one new name.
+    records it as its model (checked in the claim's transaction: `require_name_unheld`) or MLflow
+    holds a version of it from another token (or from outside the service). The MLflow step
+    checks again after creating its version, for a race between two first registrations of one
+    new name.
     """
     name, token_id = attempt.model_name, attempt.token_id
     assert name is not None
@@ -269,19 +271,31 @@ async def check_model_name(services: RegistrationServices, attempt: Attempt) -> 
             f"default name; this token's is {default}",
             extra={"model_name": name},
         )
-    async with services.database.transaction(read_only=True) as session:
-        holders = await tokens.holding_model_name(session, name)
-    owners: frozenset[str] = frozenset()
-    if is_custom(attempt):
-        try:
-            owners = await anyio.to_thread.run_sync(
-                services.mlflow.model_owners, name, limiter=services.mlflow_limiter
-            )
-        except (MlflowError, MlflowUnavailable) as e:
-            # The MLflow step checks again before it creates a version; an outage shows there.
-            log.warning("model_name_check_deferred", error=str(e)[:200])
-    if set(holders) - {token_id} or foreign_owners(owners, token_id):
-        raise ModelNameTaken(
-            f"the model {name} belongs to another token; choose another model_name",
-            extra={"model_name": name},
+    if not is_custom(attempt):
+        return
+    try:
+        owners = await anyio.to_thread.run_sync(
+            services.mlflow.model_owners, name, limiter=services.mlflow_limiter
         )
+    except (MlflowError, MlflowUnavailable) as e:
+        # The MLflow step checks again before it creates a version; an outage shows there.
+        log.warning("model_name_check_deferred", error=str(e)[:200])
+        return
+    if foreign_owners(owners, token_id):
+        raise _name_taken(name)
+
+
+async def require_name_unheld(session: AsyncSession, attempt: Attempt) -> None:
+    """No other token records the attempt's model name; read in the transaction that claims."""
+    name = attempt.model_name
+    assert name is not None
+    holders = await tokens.holding_model_name(session, name)
+    if set(holders) - {attempt.token_id}:
+        raise _name_taken(name)
+
+
+def _name_taken(name: str) -> ModelNameTaken:
+    return ModelNameTaken(
+        f"the model {name} belongs to another token; choose another model_name",
+        extra={"model_name": name},
+    )

@@ -154,9 +154,7 @@ async def registering(
         if opened.previous is not None:
             yield opened
             return
-        opened.token = await _registrable_token(services, token_id)
-        evaluations = services.evaluations
-        opened.benchmark = await evaluations.benchmark_for(opened.token) if evaluations else None
+        opened.token, opened.benchmark = await _token_and_benchmark(services, token_id)
         async with _rejections_recorded(opened):
             checks.require_registrable(opened.token)
             yield opened
@@ -170,12 +168,17 @@ def running_attempts(services: RegistrationServices) -> frozenset[str]:
     return frozenset(services.running)
 
 
-async def _registrable_token(services: RegistrationServices, token_id: str) -> Token:
+async def _token_and_benchmark(
+    services: RegistrationServices, token_id: str
+) -> tuple[Token, object | None]:
+    """The token and its sealed benchmark (if verified evaluation runs), in one read."""
+    evaluations = services.evaluations
     async with services.database.transaction(read_only=True) as session:
         token = await tokens.get(session, token_id)
-    if token is None:
-        raise TokenNotFound(f"no token {token_id}")
-    return token
+        if token is None:
+            raise TokenNotFound(f"no token {token_id}")
+        benchmark = await evaluations.benchmark_for(session, token) if evaluations else None
+    return token, benchmark
 
 
 @asynccontextmanager

@@ -31,7 +31,7 @@ from app.errors import (
 from app.events.outbox import EventType, NewEvent, write_events
 from app.registration import mlflow_step, repository
 from app.registration.attempt import Attempt, RegistrationServices
-from app.registration.checks import require_registrable
+from app.registration.checks import require_name_unheld, require_registrable
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationPublic
 from app.registration.sdk_fields import SDK_FIELDS
@@ -65,6 +65,7 @@ async def claim(database: Database, attempt: Attempt) -> None:
 
 
 async def _claim_in(session: AsyncSession, attempt: Attempt) -> bool:
+    await require_name_unheld(session, attempt)
     claimed = await tokens.compare_and_set(
         session,
         attempt.token_id,
