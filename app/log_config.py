@@ -67,37 +67,42 @@ def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    logging.config.dictConfig(
-        {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "formatters": {
-                "structlog": {
-                    "()": structlog.stdlib.ProcessorFormatter,
-                    "processors": [
-                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.processors.format_exc_info if json else _keep,
-                        renderer,
-                    ],
-                    "foreign_pre_chain": shared,
-                }
-            },
-            "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structlog"}},
-            "root": {"handlers": ["default"], "level": level.upper()},
-            "loggers": {
-                # uvicorn installs its own handlers unless told otherwise; ours replace them.
-                "uvicorn": {"handlers": [], "propagate": True},
-                "uvicorn.error": {"handlers": [], "propagate": True},
-                # The access log duplicates our own request line.
-                "uvicorn.access": {"handlers": [], "propagate": False},
-                "alembic": {"level": "WARNING"},
-                "mlflow": {"level": "WARNING"},
-                "httpx": {"level": "WARNING"},
-                "httpcore": {"level": "WARNING"},
-                "sqlalchemy": {"level": "WARNING"},
-            },
-        }
-    )
+    logging.config.dictConfig(_standard_library_config(shared, renderer, level=level, json=json))
+
+
+def _standard_library_config(
+    shared: list[Processor], renderer: Processor, *, level: str, json: bool
+) -> dict[str, Any]:
+    """The standard library's logging set-up: one handler, our formatter, quieter libraries."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structlog": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info if json else _keep,
+                    renderer,
+                ],
+                "foreign_pre_chain": shared,
+            }
+        },
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structlog"}},
+        "root": {"handlers": ["default"], "level": level.upper()},
+        "loggers": {
+            # uvicorn installs its own handlers unless told otherwise; ours replace them.
+            "uvicorn": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            # The access log duplicates our own request line.
+            "uvicorn.access": {"handlers": [], "propagate": False},
+            "alembic": {"level": "WARNING"},
+            "mlflow": {"level": "WARNING"},
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
+            "sqlalchemy": {"level": "WARNING"},
+        },
+    }
 
 
 def _keep(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:

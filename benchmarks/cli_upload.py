@@ -61,7 +61,7 @@ class Run:
 
 @dataclass
 class Figures:
-    size_mib: int
+    label: str
     curl: list[Run] = field(default_factory=list)
     cli: list[Run] = field(default_factory=list)
     library: list[Run] = field(default_factory=list)
@@ -196,6 +196,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="512,1024", help="model sizes in MiB")
     parser.add_argument("--repeat", type=int, default=5, help="registrations per client and size")
+    parser.add_argument(
+        "--fixed-repeat",
+        type=int,
+        default=8,
+        help="registrations of a 1 KiB model per client: the CLI's fixed cost (0: none)",
+    )
     parser.add_argument("--report", help="write the figures as JSON here (for run_all.py)")
     args = parser.parse_args()
     if shutil.which("curl") is None:
@@ -217,11 +223,22 @@ def main() -> None:
                 _write_model(warmup, MIB)
                 _curl(client, url, key, warmup, server.pid)
                 _cli(client, url, key, warmup, server.pid)
+                if args.fixed_repeat:
+                    # A 1 KiB model: what every registration costs apart from the bytes (the
+                    # interpreter and its imports for the CLI, against curl's few milliseconds).
+                    tiny = root / "model-1k.pkl"
+                    _write_model(tiny, 1024)
+                    fixed = Figures("1 KiB")
+                    for _ in range(args.fixed_repeat):
+                        fixed.curl.append(_curl(client, url, key, tiny, server.pid))
+                        fixed.cli.append(_cli(client, url, key, tiny, server.pid))
+                        fixed.library.append(_library(client, url, key, tiny, server.pid))
+                    results.append(fixed)
                 for size in sizes:
                     path = root / f"model-{size}.pkl"
                     _write_model(path, size * MIB)
                     os.sync()
-                    figures = Figures(size)
+                    figures = Figures(f"{size} MiB")
                     for _ in range(args.repeat):  # alternating, so both see the same conditions
                         figures.curl.append(_curl(client, url, key, path, server.pid))
                         figures.cli.append(_cli(client, url, key, path, server.pid))
@@ -249,7 +266,7 @@ def main() -> None:
         ):
             rows.append(
                 [
-                    f"{r.size_mib} MiB",
+                    r.label,
                     name,
                     f"{Figures.median(runs, 'wall'):.2f} s",
                     f"{Figures.median(runs, 'client_cpu'):.2f} s",
@@ -266,24 +283,25 @@ def main() -> None:
     print(f"load average before the report: {os.getloadavg()[0]:.1f}")
     for r in results:
         print(
-            f"{r.size_mib} MiB wall: curl {', '.join(f'{x.wall:.2f}' for x in r.curl)} s; "
+            f"{r.label} wall: curl {', '.join(f'{x.wall:.2f}' for x in r.curl)} s; "
             f"hokusai {', '.join(f'{x.wall:.2f}' for x in r.cli)} s; "
             f"library {', '.join(f'{x.wall:.2f}' for x in r.library)} s"
         )
     print(markdown_table(header, rows))
-    print(f"target: hokusai model register <= {TARGET} x curl (wall)")
+    print(f"target: hokusai model register <= {TARGET} x curl (wall), for the large models")
     Report(
         title="The CLI's upload against curl",
         command="python benchmarks/cli_upload.py",
         section=markdown_table(header, rows),
         targets=[
             Target(
-                name=f"CLI end to end, {r.size_mib} MiB",
+                name=f"CLI end to end, {r.label}",
                 measured=f"{r.ratio:.2f} x curl",
                 goal=f"<= {TARGET} x curl",
                 met=r.ratio <= TARGET,
             )
             for r in results
+            if r.label != "1 KiB"
         ],
     ).save(args.report)
 

@@ -143,6 +143,55 @@ def json_of(response: httpx.Response) -> ServiceJSON:
     return ServiceJSON(body, text=response.text, status_code=response.status_code)
 
 
+class _RetryPolicy:
+    """Which failures of one request are tried again, and after how long (stamina's `on`).
+
+    A request that may have reached the service is sent again only when it is idempotent; an
+    answer's Retry-After is waited out exactly (capped), anything else backs off.
+    """
+
+    def __init__(self, *, idempotent: bool, attempts: int, on_retry: OnRetry | None) -> None:
+        self.idempotent = idempotent
+        self.attempts = attempts
+        self.on_retry = on_retry
+        self.current: Attempt | None = None
+        # Whether an earlier attempt may have reached the service: a 409 registration_in_progress
+        # is then likely our own first attempt, still running, and worth waiting for.
+        self.sent_before = False
+
+    def decide(self, error: Exception) -> bool | float:
+        current = self.current
+        assert current is not None
+        if isinstance(error, httpx.UnsupportedProtocol):
+            return False
+        if isinstance(error, httpx.TransportError):
+            reached = not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+            self.sent_before = self.sent_before or reached
+            if reached and not self.idempotent:
+                return False
+            wait, reason = None, describe(error)
+        elif isinstance(error, _RetryableAnswer):
+            wait, reason = error.wait, error.reason
+        else:
+            return False
+        if current.num >= self.attempts:
+            return False
+        exact = wait is not None
+        wait = min(max(wait, 0.0), MAX_RETRY_AFTER) if wait is not None else current.next_wait
+        if self.on_retry is not None:
+            self.on_retry(RetryNotice(current.num, self.attempts, wait, reason, exact))
+        return wait if exact else True
+
+
+def _connection_failed(api_url: str, error: httpx.TransportError) -> ConnectionFailed:
+    reached = not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+    if not reached:
+        message = f"cannot reach the service at {api_url} ({describe(error)})"
+    else:
+        message = f"the connection to {api_url} failed before an answer came ({describe(error)})"
+    return ConnectionFailed(message, api_url=api_url, reached=reached)
+
+
 class Transport:
     """An httpx.Client plus the retry policy above."""
 
@@ -182,59 +231,27 @@ class Transport:
         params = kwargs.pop("params", None)
         if params:
             kwargs["params"] = {k: v for k, v in params.items() if v is not None}
-        current: Attempt | None = None
-        sent_before = False
-
-        def decide(error: Exception) -> bool | float:
-            nonlocal sent_before
-            assert current is not None
-            if isinstance(error, httpx.UnsupportedProtocol):
-                return False
-            if isinstance(error, httpx.TransportError):
-                reached = not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
-                sent_before = sent_before or reached
-                if reached and not idempotent:
-                    return False
-                wait, reason = None, describe(error)
-            elif isinstance(error, _RetryableAnswer):
-                wait, reason = error.wait, error.reason
-            else:
-                return False
-            if current.num >= attempts:
-                return False
-            exact = wait is not None
-            wait = min(max(wait, 0.0), MAX_RETRY_AFTER) if wait is not None else current.next_wait
-            if self.on_retry is not None:
-                self.on_retry(RetryNotice(current.num, attempts, wait, reason, exact))
-            return wait if exact else True
-
+        policy = _RetryPolicy(idempotent=idempotent, attempts=attempts, on_retry=self.on_retry)
         try:
             for attempt in stamina.retry_context(
-                on=decide,
+                on=policy.decide,
                 attempts=attempts,
                 timeout=None,
                 wait_initial=BACKOFF_INITIAL,
                 wait_max=BACKOFF_MAX,
                 wait_jitter=BACKOFF_JITTER,
             ):
-                current = attempt
+                policy.current = attempt
                 with attempt:
                     response = self.http.request(method, path, timeout=timeout, **kwargs)
-                    self._raise_if_retryable(response, sent_before=sent_before)
+                    self._raise_if_retryable(response, sent_before=policy.sent_before)
                     return self._expect(response, expected)
         except _RetryableAnswer as e:
             return self._expect(e.response, expected)
         except httpx.UnsupportedProtocol as e:
             raise UsageError(f"--api-url: {e}") from e
         except httpx.TransportError as e:
-            reached = not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
-            if not reached:
-                message = f"cannot reach the service at {self.api_url} ({describe(e)})"
-            else:
-                message = (
-                    f"the connection to {self.api_url} failed before an answer came ({describe(e)})"
-                )
-            raise ConnectionFailed(message, api_url=self.api_url, reached=reached) from e
+            raise _connection_failed(self.api_url, e) from e
         raise AssertionError("unreachable: stamina either returns or raises")  # pragma: no cover
 
     @staticmethod

@@ -42,9 +42,9 @@ from app.evaluation.sandbox import ModelKind, SandboxInfo, SandboxMode
 from app.events.signal import EventSignal, new_events
 from app.registration import repository as registrations
 from app.registration.artifacts import ModelFormat
-from app.registration.checks import require_name_unheld
 from app.registration.models import Registration, RegistrationStatus
 from app.registration.schemas import RegistrationPublic
+from app.registration.settle import claim_in
 from app.registration.upload import RegistrationForm
 from app.tokens import repository as tokens
 from app.tokens.models import REGISTRABLE, Token, TokenStatus
@@ -121,7 +121,7 @@ class EvaluationServices:
             confidence=token.confidence,
             created_at=now,
         )
-        await self._claim_and_queue(attempt, row, job, folder=folder, now=now)
+        await self._claim_and_queue(attempt, row, job, folder=folder)
         self.jobs.notify()
         observability.REGISTRATIONS.labels("evaluating", "").inc()
         log.info(
@@ -157,26 +157,13 @@ class EvaluationServices:
         job: EvaluationJob,
         *,
         folder: Path,
-        now: dt.datetime,
     ) -> None:
         """Claim the token and add the registration and its job in one transaction; the kept
         model is removed when that does not happen."""
         try:
             async with self.database.transaction() as session:
-                await require_name_unheld(session, attempt)
-                claimed = await tokens.compare_and_set(
-                    session,
-                    attempt.token_id,
-                    expected=REGISTRABLE,
-                    values={
-                        "status": TokenStatus.REGISTERING,
-                        "current_registration_id": attempt.id,
-                        "claimed_at": now,
-                    },
-                )
+                claimed = await claim_in(session, attempt, row)
                 if claimed:
-                    session.add(row)
-                    await session.flush()
                     session.add(job)
                     await session.flush()
                 else:

@@ -48,7 +48,7 @@ async def claim(database: Database, attempt: Attempt) -> None:
     """Move the token to `registering` if nobody else did first."""
     try:
         async with database.transaction() as session:
-            claimed = await _claim_in(session, attempt)
+            claimed = await claim_in(session, attempt, attempt.row(RegistrationStatus.IN_PROGRESS))
             if claimed:
                 return
             token = await tokens.get(session, attempt.token_id)
@@ -64,7 +64,10 @@ async def claim(database: Database, attempt: Attempt) -> None:
     raise RegistrationInProgress(f"token {attempt.token_id} is being registered right now")
 
 
-async def _claim_in(session: AsyncSession, attempt: Attempt) -> bool:
+async def claim_in(session: AsyncSession, attempt: Attempt, row: Registration) -> bool:
+    """In the caller's transaction: move the token to `registering` for `attempt` and add its
+    registration `row`, when the token is registrable and no other token holds the model name.
+    Answers whether the claim was made."""
     await require_name_unheld(session, attempt)
     claimed = await tokens.compare_and_set(
         session,
@@ -77,7 +80,7 @@ async def _claim_in(session: AsyncSession, attempt: Attempt) -> bool:
         },
     )
     if claimed:
-        session.add(attempt.row(RegistrationStatus.IN_PROGRESS))
+        session.add(row)
         await session.flush()
     return claimed
 

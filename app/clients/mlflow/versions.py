@@ -196,38 +196,34 @@ class MlflowRegistry(MlflowRuns):
 
     def find_versions_for_run(self, model_name: str, run_id: str) -> list[ModelVersionRef]:
         """Every live version of `model_name` created from the run, oldest first."""
-        self._check_run_id(run_id)
-        found = self._call(
-            "search_model_versions",
-            lambda c: self._search_versions(c, model_name, run_id),
-            quiet=True,
-        )
-        refs = [
-            ModelVersionRef(model_name, str(mv.version), f"models:/{model_name}/{mv.version}")
-            for mv in found
-        ]
-        return sorted(refs, key=lambda ref: int(ref.version))
+        return _refs(model_name, self._versions_of_run(model_name, run_id))
 
     def find_registration_versions(
         self, model_name: str, run_id: str, registration_id: str
     ) -> list[ModelVersionRef]:
         """READY versions of `model_name` from the run that carry the registration's tags."""
+        found = self._versions_of_run(model_name, run_id)
+        return _refs(
+            model_name,
+            [
+                mv
+                for mv in found
+                if mv.status == "READY"
+                and mv.tags.get("hokusai_registration_id") == registration_id
+                and mv.tags.get("hokusai_status") == "registered"
+            ],
+        )
+
+    # helpers ------------------------------------------------------------------------------------
+
+    def _versions_of_run(self, model_name: str, run_id: str) -> list[ModelVersion]:
         self._check_run_id(run_id)
-        found = self._call(
+        found: list[ModelVersion] = self._call(
             "search_model_versions",
             lambda c: self._search_versions(c, model_name, run_id),
             quiet=True,
         )
-        refs = [
-            ModelVersionRef(model_name, str(mv.version), f"models:/{model_name}/{mv.version}")
-            for mv in found
-            if mv.status == "READY"
-            and mv.tags.get("hokusai_registration_id") == registration_id
-            and mv.tags.get("hokusai_status") == "registered"
-        ]
-        return sorted(refs, key=lambda ref: int(ref.version))
-
-    # helpers ------------------------------------------------------------------------------------
+        return found
 
     @staticmethod
     def _search_versions(client: MlflowClient, model_name: str, run_id: str) -> list[ModelVersion]:
@@ -301,3 +297,12 @@ class MlflowRegistry(MlflowRuns):
                 client.delete_registered_model_alias(model_name, REGISTERED_ALIAS)
 
         return remove
+
+
+def _refs(model_name: str, versions: list[ModelVersion]) -> list[ModelVersionRef]:
+    """References to `versions`, oldest first."""
+    refs = [
+        ModelVersionRef(model_name, str(mv.version), f"models:/{model_name}/{mv.version}")
+        for mv in versions
+    ]
+    return sorted(refs, key=lambda ref: int(ref.version))
