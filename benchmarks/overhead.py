@@ -69,6 +69,10 @@ class DirectMlflow:
         folder.mkdir(parents=True)
         path = folder / "model.pkl"
         path.write_bytes(model)
+        return self.register_file(token_id, path)
+
+    def register_file(self, token_id: str, path: Path) -> tuple[float, float]:
+        """The same for a model file already on disk."""
         client = self.client
         name = f"hokusai-{token_id}"
         began = time.perf_counter()
