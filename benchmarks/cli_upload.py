@@ -317,7 +317,7 @@ def main() -> None:
     print(f"target: hokusai model register <= {TARGET} x curl (wall), for the large models")
     Report(
         title="The CLI's upload against curl",
-        command="python benchmarks/cli_upload.py",
+        command=f"benchmarks/cli_upload.py --sizes {args.sizes} --repeat {args.repeat}",
         section=markdown_table(header, rows),
         targets=[
             Target(
