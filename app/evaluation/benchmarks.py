@@ -16,11 +16,10 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +48,7 @@ from app.scoring.compute import (
     compute_from_columns,
     parse_column,
 )
+from app.scoring.lines import bounded_lines
 from app.scoring.registry import METRICS, MetricSpec
 
 FloatArray = npt.NDArray[np.float64]
@@ -66,9 +66,6 @@ MAX_CLASSES = 1_000
 MAX_FIELD_BYTES = 1024
 MAX_PARTS = 8
 _CHUNK_ROWS = 32_768
-_MAX_LINE_CHARS = 1 << 20
-_READ_CHARS = 1 << 16
-_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)")
 _MAX_ECHO = 40
 _WRITE_BUFFER = 1024 * 1024
 # What pandas reads as a boolean column.
@@ -188,23 +185,10 @@ def _shown(text: str) -> str:
     return repr(text[:_MAX_ECHO] + ("…" if len(text) > _MAX_ECHO else ""))
 
 
-def _bounded_lines(handle: TextIO) -> Iterator[str]:
-    """The file's lines, ends kept, never holding one longer than `_MAX_LINE_CHARS`."""
-    pending = ""
-    while block := handle.read(_READ_CHARS):
-        text = pending + block
-        end = len(text) - 1 if text.endswith("\r") else len(text)
-        cut = max(text.rfind("\n", 0, end), text.rfind("\r", 0, end)) + 1
-        pending = text[cut:]
-        if len(pending) > _MAX_LINE_CHARS:
-            raise InvalidBenchmark(
-                f"the benchmark has a line longer than {_MAX_LINE_CHARS} characters; "
-                "is it a CSV file?"
-            )
-        if cut:
-            yield from _LINE.findall(text, 0, cut)
-    if pending:
-        yield pending
+def _line_too_long(limit: int) -> InvalidBenchmark:
+    return InvalidBenchmark(
+        f"the benchmark has a line longer than {limit} characters; is it a CSV file?"
+    )
 
 
 class _ColumnType:
@@ -251,7 +235,7 @@ def parse_benchmark(
             source.open("r", encoding="utf-8-sig", newline="") as handle,
             (destination / FEATURES_FILE).open("w", encoding="utf-8", newline="") as out,
         ):
-            reader = csv.reader(_bounded_lines(handle), strict=True)
+            reader = csv.reader(bounded_lines(handle, too_long=_line_too_long), strict=True)
             writer = csv.writer(out, lineterminator="\n")
             try:
                 label_name, features, labels = _parse_rows(

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from app.errors import InvalidPredictions
 from app.scoring.formulas import FORMULAS, FloatArray
+from app.scoring.lines import LineProgress, bounded_lines
 from app.scoring.registry import METRICS, MetricSpec
 from app.scoring.validation import NUMBER_PATTERN
 
@@ -39,12 +40,6 @@ Y_SCORE = "y_score"
 # object of 50 bytes or more): memory follows the bytes read, not the row count.
 _CHUNK_ROWS = 65_536
 _CHUNK_CHARS = 1 << 20
-# A line this long is not a predictions row. Iterating a text file reads a whole line at a time, so
-# without a cap a newline-free upload would land in memory as one string; reading fixed blocks and
-# splitting them with a regex bounds that and is cheaper per line than a readline() loop.
-_MAX_LINE_CHARS = 1 << 20
-_READ_CHARS = 1 << 16
-_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)")
 _MAX_ECHO = 40
 # Class labels must be whole numbers a float holds exactly; scikit-learn treats larger "integers"
 # as continuous targets and refuses them.
@@ -119,34 +114,14 @@ def compute_from_predictions(spec: MetricSpec, path: Path, *, max_rows: int = 10
 # Reading -----------------------------------------------------------------------------------------
 
 
-class _Progress:
-    """How many characters of the file have been handed to the CSV reader so far."""
-
-    chars = 0
+def _bounded_lines(handle: TextIO, progress: LineProgress | None = None) -> Iterator[str]:
+    return bounded_lines(handle, too_long=_predictions_line_too_long, progress=progress)
 
 
-def _bounded_lines(handle: TextIO, progress: _Progress | None = None) -> Iterator[str]:
-    """The file's lines, ends kept, split like a file opened with newline="" splits them."""
-    progress = progress or _Progress()
-    pending = ""
-    while block := handle.read(_READ_CHARS):
-        text = pending + block
-        # A trailing "\r" may be the first half of a "\r\n" that the next block completes.
-        end = len(text) - 1 if text.endswith("\r") else len(text)
-        # Cut after the last line end so the regex only ever sees complete lines: on a tail with no
-        # line end it would rescan to the end from every position, quadratic in the tail's length.
-        cut = max(text.rfind("\n", 0, end), text.rfind("\r", 0, end)) + 1
-        pending = text[cut:]
-        if len(pending) > _MAX_LINE_CHARS:
-            raise InvalidPredictions(
-                f"the predictions file has a line longer than {_MAX_LINE_CHARS} characters; "
-                "is it a CSV file?"
-            )
-        if cut:
-            progress.chars += cut
-            yield from _LINE.findall(text, 0, cut)
-    if pending:
-        yield pending
+def _predictions_line_too_long(limit: int) -> InvalidPredictions:
+    return InvalidPredictions(
+        f"the predictions file has a line longer than {limit} characters; is it a CSV file?"
+    )
 
 
 def _shown(cell: str) -> str:
@@ -170,7 +145,7 @@ def _read_columns(
 ) -> tuple[FloatArray, FloatArray]:
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as handle:
-            progress = _Progress()
+            progress = LineProgress()
             reader = csv.reader(_bounded_lines(handle, progress), strict=True)
             try:
                 return _parse_rows(reader, spec, columns, max_rows=max_rows, progress=progress)
@@ -241,7 +216,7 @@ def _parse_rows(
     columns: Sequence[Column],
     *,
     max_rows: int,
-    progress: _Progress,
+    progress: LineProgress,
 ) -> tuple[FloatArray, FloatArray]:
     header = next(reader, None)
     if header is None:

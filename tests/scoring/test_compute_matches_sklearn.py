@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 import app.scoring.compute as compute_module
+import app.scoring.lines as lines_module
 from app.errors import InvalidPredictions
 from app.scoring import compute_from_predictions, resolve_metric
 
@@ -33,7 +34,7 @@ Rows = list[tuple[Number, Number]]
 def small_chunks() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(compute_module, "_CHUNK_ROWS", 7)
-        mp.setattr(compute_module, "_READ_CHARS", 13)
+        mp.setattr(lines_module, "_READ_CHARS", 13)
         yield
 
 
