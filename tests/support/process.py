@@ -18,14 +18,22 @@ BIN = Path(sys.executable).parent
 
 @contextmanager
 def serving(
-    env: Mapping[str, str], log_path: Path, *, args: tuple[str, ...] = (), ready_within: float = 60
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    args: tuple[str, ...] = (),
+    ready_within: float = 60,
+    bin_dir: Path = BIN,
+    cwd: Path | None = None,
 ) -> Iterator[str]:
-    """`hokusai-registry serve` on a free loopback port, its output in `log_path`; yields its URL
-    once `/ready` answers 200, and stops it (SIGTERM, then SIGKILL) when the block ends."""
+    """`hokusai-registry serve` (from `bin_dir`) on a free loopback port, its output in
+    `log_path`; yields its URL once `/ready` answers 200, and stops it (SIGTERM, then SIGKILL)
+    when the block ends."""
     port = free_port()
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [BIN / "hokusai-registry", "serve", "--port", str(port), *args],
+            [bin_dir / "hokusai-registry", "serve", "--port", str(port), *args],
+            cwd=cwd,
             env=dict(env),
             stdout=log_file,
             stderr=subprocess.STDOUT,
