@@ -37,18 +37,14 @@ from benchmarks.harness import (
     BIN,
     Report,
     Target,
+    local_service,
     markdown_table,
-    migrate_and_create_key,
     print_machine,
-    serve,
-    service_env,
-    stop,
-    wait_ready,
+    write_model,
 )
 from benchmarks.overhead import DirectMlflow
 
 MIB = 1024 * 1024
-PICKLE_HEAD = b"\x80\x05\x95"
 TARGET = 1.15
 FIELDS = {"metric": "auroc", "baseline": "0.82", "metric_value": "0.86"}
 FIELDS_TYPED = {"metric": "auroc", "baseline": 0.82, "metric_value": 0.86}
@@ -80,16 +76,6 @@ class Figures:
     @property
     def ratio(self) -> float:
         return self.median(self.cli, "wall") / self.median(self.curl, "wall")
-
-
-def _write_model(path: Path, size: int) -> None:
-    chunk = 16 * MIB
-    with path.open("wb") as file:
-        file.write(PICKLE_HEAD)
-        left = size - len(PICKLE_HEAD)
-        while left > 0:
-            file.write(os.urandom(min(chunk, left)))
-            left -= chunk
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -227,44 +213,40 @@ def main() -> None:
     results: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="hokusai-bench-") as tmp:
         root = Path(tmp)
-        env = service_env(str(root / "service"), HOKUSAI_MAX_UPLOAD_BYTES=str(2 * max(sizes) * MIB))
-        key = migrate_and_create_key(env)
-        server, url = serve(env)
-        try:
-            wait_ready(url, server)
-            with httpx.Client(
-                base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600
-            ) as client:
-                warmup = root / "warmup.pkl"
-                _write_model(warmup, MIB)
-                _curl(client, url, key, warmup, server.pid)
-                _cli(client, url, key, warmup, server.pid)
-                if args.fixed_repeat:
-                    # A 1 KiB model: what every registration costs apart from the bytes (the
-                    # interpreter and its imports for the CLI, against curl's few milliseconds).
-                    tiny = root / "model-1k.pkl"
-                    _write_model(tiny, 1024)
-                    fixed = Figures("1 KiB")
-                    for _ in range(args.fixed_repeat):
-                        fixed.curl.append(_curl(client, url, key, tiny, server.pid))
-                        fixed.cli.append(_cli(client, url, key, tiny, server.pid))
-                        fixed.library.append(_library(client, url, key, tiny, server.pid))
-                    results.append(fixed)
-                direct = DirectMlflow(root / "direct")
-                for size in sizes:
-                    path = root / f"model-{size}.pkl"
-                    _write_model(path, size * MIB)
-                    os.sync()
-                    figures = Figures(f"{size} MiB")
-                    for _ in range(args.repeat):  # alternating, so all see the same conditions
-                        figures.curl.append(_curl(client, url, key, path, server.pid))
-                        figures.cli.append(_cli(client, url, key, path, server.pid))
-                        figures.library.append(_library(client, url, key, path, server.pid))
-                        figures.mlflow.append(_bare_mlflow(direct, path))
-                    results.append(figures)
-                    path.unlink()
-        finally:
-            stop(server)
+        with local_service(root, HOKUSAI_MAX_UPLOAD_BYTES=str(2 * max(sizes) * MIB)) as (
+            server,
+            url,
+            key,
+            client,
+        ):
+            warmup = root / "warmup.pkl"
+            write_model(warmup, MIB)
+            _curl(client, url, key, warmup, server.pid)
+            _cli(client, url, key, warmup, server.pid)
+            if args.fixed_repeat:
+                # A 1 KiB model: what every registration costs apart from the bytes (the
+                # interpreter and its imports for the CLI, against curl's few milliseconds).
+                tiny = root / "model-1k.pkl"
+                write_model(tiny, 1024)
+                fixed = Figures("1 KiB")
+                for _ in range(args.fixed_repeat):
+                    fixed.curl.append(_curl(client, url, key, tiny, server.pid))
+                    fixed.cli.append(_cli(client, url, key, tiny, server.pid))
+                    fixed.library.append(_library(client, url, key, tiny, server.pid))
+                results.append(fixed)
+            direct = DirectMlflow(root / "direct")
+            for size in sizes:
+                path = root / f"model-{size}.pkl"
+                write_model(path, size * MIB)
+                os.sync()
+                figures = Figures(f"{size} MiB")
+                for _ in range(args.repeat):  # alternating, so all see the same conditions
+                    figures.curl.append(_curl(client, url, key, path, server.pid))
+                    figures.cli.append(_cli(client, url, key, path, server.pid))
+                    figures.library.append(_library(client, url, key, path, server.pid))
+                    figures.mlflow.append(_bare_mlflow(direct, path))
+                results.append(figures)
+                path.unlink()
 
     header = [
         "model",

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -159,3 +161,38 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@contextmanager
+def local_service(
+    root: Path, **settings: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str, str, httpx.Client]]:
+    """A service on embedded defaults under `root`, migrated, ready and stopped at the end:
+    its process, URL and admin key, and a client that sends the key."""
+    env = service_env(str(root / "service"), **settings)
+    key = migrate_and_create_key(env)
+    server, url = serve(env)
+    try:
+        wait_ready(url, server)
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600
+        ) as client:
+            yield server, url, key, client
+    finally:
+        stop(server)
+
+
+# A protocol 5 pickle header: the service checks the head of a model file, not the rest.
+PICKLE_HEAD = b"\x80\x05\x95"
+MIB = 1024 * 1024
+
+
+def write_model(path: Path, size: int) -> None:
+    """A `size`-byte model file: a pickle's header, then random bytes nothing can deduplicate."""
+    chunk = 16 * MIB
+    with path.open("wb") as file:
+        file.write(PICKLE_HEAD)
+        left = size - len(PICKLE_HEAD)
+        while left > 0:
+            file.write(os.urandom(min(chunk, left)))
+            left -= chunk

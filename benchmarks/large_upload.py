@@ -30,18 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (
     Report,
     Target,
+    local_service,
     markdown_table,
-    migrate_and_create_key,
     print_machine,
-    serve,
-    service_env,
-    stop,
-    wait_ready,
+    write_model,
 )
 
 MIB = 1024 * 1024
-# A protocol 5 pickle header: the service checks the head of the file, not the rest.
-PICKLE_HEAD = b"\x80\x05\x95"
 
 
 @dataclass
@@ -74,16 +69,6 @@ def _reset_peak(pid: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _write_model(path: Path, size: int) -> None:
-    chunk = 16 * MIB
-    with path.open("wb") as file:
-        file.write(PICKLE_HEAD)
-        left = size - len(PICKLE_HEAD)
-        while left > 0:
-            file.write(os.urandom(min(chunk, left)))
-            left -= chunk
 
 
 def _register(client: httpx.Client, path: Path) -> float:
@@ -147,45 +132,41 @@ def main() -> None:
     results: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="hokusai-bench-") as tmp:
         root = Path(tmp)
-        env = service_env(str(root / "service"), HOKUSAI_MAX_UPLOAD_BYTES=str(2 * max(sizes) * MIB))
-        key = migrate_and_create_key(env)
-        server, url = serve(env)
-        try:
-            wait_ready(url, server)
-            with httpx.Client(
-                base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600
-            ) as client:
-                warmup = root / "warmup.pkl"
-                _write_model(warmup, MIB)
-                _register(client, warmup)
-                time.sleep(1)
-                idle = _proc_status(server.pid, "VmRSS")
-                resettable = _reset_peak(server.pid)
-                for size in sizes:
-                    path = root / f"model-{size}.pkl"
-                    _write_model(path, size * MIB)
-                    # Both start with no dirty pages waiting to be written back.
-                    os.sync()
-                    cp_seconds = _cp_seconds(path)
-                    os.sync()
-                    _reset_peak(server.pid)
-                    before = _proc_io(server.pid)
-                    seconds = _register(client, path)
-                    after = _proc_io(server.pid)
-                    peak = _proc_status(server.pid, "VmHWM")
-                    results.append(
-                        Figures(
-                            size_mib=size,
-                            seconds=seconds,
-                            cp_seconds=cp_seconds,
-                            peak_over_idle_mib=(peak - idle) / MIB,
-                            read_mib=(after["rchar"] - before["rchar"]) / MIB,
-                            written_mib=(after["wchar"] - before["wchar"]) / MIB,
-                        )
+        with local_service(root, HOKUSAI_MAX_UPLOAD_BYTES=str(2 * max(sizes) * MIB)) as (
+            server,
+            _url,
+            _key,
+            client,
+        ):
+            warmup = root / "warmup.pkl"
+            write_model(warmup, MIB)
+            _register(client, warmup)
+            time.sleep(1)
+            idle = _proc_status(server.pid, "VmRSS")
+            resettable = _reset_peak(server.pid)
+            for size in sizes:
+                path = root / f"model-{size}.pkl"
+                write_model(path, size * MIB)
+                # Both start with no dirty pages waiting to be written back.
+                os.sync()
+                cp_seconds = _cp_seconds(path)
+                os.sync()
+                _reset_peak(server.pid)
+                before = _proc_io(server.pid)
+                seconds = _register(client, path)
+                after = _proc_io(server.pid)
+                peak = _proc_status(server.pid, "VmHWM")
+                results.append(
+                    Figures(
+                        size_mib=size,
+                        seconds=seconds,
+                        cp_seconds=cp_seconds,
+                        peak_over_idle_mib=(peak - idle) / MIB,
+                        read_mib=(after["rchar"] - before["rchar"]) / MIB,
+                        written_mib=(after["wchar"] - before["wchar"]) / MIB,
                     )
-                    path.unlink()
-        finally:
-            stop(server)
+                )
+                path.unlink()
 
     header = [
         "model",
