@@ -37,6 +37,7 @@ from benchmarks.harness import (
     BIN,
     Report,
     Target,
+    compile_project,
     local_service,
     markdown_table,
     print_machine,
@@ -209,6 +210,7 @@ def main() -> None:
     if shutil.which("curl") is None:
         raise SystemExit("curl is needed for the comparison")
     sizes = [int(size) for size in args.sizes.split(",")]
+    compile_project()
 
     results: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="hokusai-bench-") as tmp:

@@ -3,6 +3,7 @@ report each benchmark hands to the suite (`benchmarks/run_all.py`)."""
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import platform
@@ -18,6 +19,19 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compile_project() -> None:
+    """Write the bytecode of the service's and the CLI's own sources, as their first run does.
+
+    `uv sync --compile-bytecode` compiles the installed packages but not this checkout, which is
+    installed editable; where `PYTHONDONTWRITEBYTECODE` is set, every start would otherwise
+    compile it again and the start-up figures would count that.
+    """
+    for folder in ("app", "hokusai_client"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
+    compileall.compile_file(ROOT / "cli.py", quiet=1)
 
 
 def free_port() -> int:

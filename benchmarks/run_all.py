@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.harness import Report, markdown_table
+from benchmarks.harness import ROOT, Report, compile_project, markdown_table
 
-ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "performance.md"
 
 # name -> (arguments for the full run, arguments for --quick)
@@ -221,6 +220,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write performance.md")
     args = parser.parse_args()
 
+    compile_project()
     names = args.only or list(BENCHMARKS)
     reports = []
     with tempfile.TemporaryDirectory(prefix="hokusai-bench-reports-") as tmp:

@@ -22,8 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (
     BIN,
+    ROOT,
     Report,
     Target,
+    compile_project,
     migrate_and_create_key,
     print_machine,
     serve,
@@ -31,8 +33,6 @@ from benchmarks.harness import (
     stop,
     wait_ready,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _ready_seconds(env: dict[str, str], bin_dir: Path = BIN) -> float:
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--report", help="write the figures as JSON here (for run_all.py)")
     args = parser.parse_args()
 
+    compile_project()
     fresh: list[float] = []
     existing: list[float] = []
     for _ in range(args.runs):
