@@ -12,7 +12,7 @@ import pytest
 
 from app.errors import AppError, PayloadTooLarge
 from app.registration import upload
-from app.registration.file_writer import ChunkWriter
+from app.registration.file_writer import BATCH_BYTES, MAX_QUEUED, ChunkWriter
 from app.registration.upload import FileTarget
 
 MiB = 1024 * 1024
@@ -102,10 +102,12 @@ def test_the_queue_is_bounded() -> None:
         absorbed.append(len(chunk))
 
     writer = ChunkWriter(slow, name="hokusai-upload-writer")
+    batches = MAX_QUEUED + 3
+    chunk = b"c" * BATCH_BYTES
 
     def produce() -> None:
-        for _ in range(20):
-            writer.put(b"c")
+        for _ in range(batches):
+            writer.put(chunk)
 
     putter = threading.Thread(target=produce)
     putter.start()
@@ -113,5 +115,6 @@ def test_the_queue_is_bounded() -> None:
     assert putter.is_alive(), "the producer waits once the queue is full"
     release.set()
     putter.join(10)
+    writer.put(b"tail")
     writer.finish()
-    assert absorbed == [1] * 20
+    assert absorbed == [BATCH_BYTES] * batches + [4]
