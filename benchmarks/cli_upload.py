@@ -243,9 +243,15 @@ def main() -> None:
                 os.sync()
                 figures = Figures(f"{size} MiB")
                 for _ in range(args.repeat):  # alternating, so all see the same conditions
+                    # Each run starts with no dirty pages left by the one before it (sync is
+                    # not timed): a run's own write-back, not its predecessor's, is what it pays.
+                    os.sync()
                     figures.curl.append(_curl(client, url, key, path, server.pid))
+                    os.sync()
                     figures.cli.append(_cli(client, url, key, path, server.pid))
+                    os.sync()
                     figures.library.append(_library(client, url, key, path, server.pid))
+                    os.sync()
                     figures.mlflow.append(_bare_mlflow(direct, path))
                 results.append(figures)
                 path.unlink()
