@@ -146,7 +146,9 @@ class Dispatcher:
             task = asyncio.create_task(self._deliver(item))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
-        return fanned > 0 or len(work) == limit
+        # A fan-out short of a full batch took every event there was; one committed since then
+        # has set the wake-up (or is found by the poll), so another round now would find nothing.
+        return fanned == self.settings.dispatcher_batch_size or len(work) == limit
 
     async def _deliver(self, item: _Work) -> None:
         started_at, result = await self._attempt(item)
