@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.events.models import OutboxEvent
@@ -65,8 +66,16 @@ async def write_events(
         )
         for event in events
     ]
-    session.add_all(rows)
-    await session.flush()
+    # One multi-row INSERT, its sequences read back by event id; the unit of work would insert
+    # the rows one statement at a time.
+    inserted = await session.execute(
+        sa.insert(OutboxEvent)
+        .values([row.model_dump(exclude={"sequence"}) for row in rows])
+        .returning(col(OutboxEvent.event_id), col(OutboxEvent.sequence))
+    )
+    sequences = dict(inserted.tuples().all())
+    for row in rows:
+        row.sequence = sequences[row.event_id]
     _notify_after_commit(session)
     if on_postgres:
         # Delivered by PostgreSQL at commit, and only if the transaction commits. Listeners only
