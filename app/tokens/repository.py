@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -57,10 +58,12 @@ async def compare_and_set(
     expected: Sequence[TokenStatus],
     registration_id: str | None = None,
     require_registration: bool = False,
+    model_name_unheld: str | None = None,
     values: dict[str, Any],
 ) -> bool:
     """Update the token only if it is in one of `expected` (and held by `registration_id`; with
-    `require_registration`, a `registration_id` of None means "held by no registration").
+    `require_registration`, a `registration_id` of None means "held by no registration"; with
+    `model_name_unheld`, only while no other token records that model name).
 
     The condition and the write are one statement, so of two racing callers exactly one sees
     `True`.
@@ -71,6 +74,13 @@ async def compare_and_set(
         .where(col(Token.status).in_([status.value for status in expected]))
         .values(**values, updated_at=utcnow())
     )
+    if model_name_unheld is not None:
+        other = aliased(Token)
+        statement = statement.where(
+            ~sa.exists().where(
+                col(other.model_name) == model_name_unheld, col(other.token_id) != token_id
+            )
+        )
     if registration_id is not None:
         statement = statement.where(col(Token.current_registration_id) == registration_id)
     elif require_registration:
