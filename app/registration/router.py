@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Request, Response, status
 
 from app.auth.models import Scope
 from app.deps import DatabaseDep, ModelsRegister, TokensRead
@@ -143,6 +143,7 @@ async def register_model(
     token_id: TokenIdPath,
     request: Request,
     response: Response,
+    background: BackgroundTasks,
     principal: ModelsRegister,
     idempotency_key: Annotated[
         str | None,
@@ -184,7 +185,11 @@ async def register_model(
     """
     services: RegistrationServices = request.app.state.registration
     async with service.registering(
-        services, raw_token_id=token_id, principal=principal, idempotency_key=idempotency_key
+        services,
+        raw_token_id=token_id,
+        principal=principal,
+        idempotency_key=idempotency_key,
+        after_response=background.add_task,
     ) as registration:
         with registration.step("receive_upload"):
             form = await receive_form(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +123,10 @@ class Registering:
         return await _publish(self.services, attempt, form, unpacked)
 
 
+# Schedules a call for after the response has gone out (FastAPI's `BackgroundTasks.add_task`).
+AfterResponse = Callable[[Callable[[Path], Awaitable[None]], Path], None]
+
+
 @asynccontextmanager
 async def registering(
     services: RegistrationServices,
@@ -130,9 +134,15 @@ async def registering(
     raw_token_id: str,
     principal: Principal,
     idempotency_key: str | None,
+    after_response: AfterResponse | None = None,
 ) -> AsyncIterator[Registering]:
     """Open one registration for its request; a refusal before the claim is recorded as
-    rejected, and the upload's folder is removed at the end whatever happened."""
+    rejected, and the upload's folder is removed at the end whatever happened.
+
+    With `after_response`, a registration that ends without an error leaves the removal of its
+    folder to run once the answer has gone out: the client need not wait for the file system.
+    Should that call be dropped, the recovery sweep removes the folder as an abandoned upload.
+    """
     token_id = normalize_token_id(raw_token_id)
     attempt = Attempt(
         id=str(uuid.uuid4()),
@@ -148,19 +158,29 @@ async def registering(
         limits=intake.upload_limits(services.settings),
     )
     services.running.add(attempt.id)
+    ended_well = False
     try:
         if idempotency_key:
             opened.previous = await intake.previous_attempt(services, principal, idempotency_key)
-        if opened.previous is not None:
+        if opened.previous is None:
+            opened.token, opened.benchmark = await _token_and_benchmark(services, token_id)
+            async with _rejections_recorded(opened):
+                checks.require_registrable(opened.token)
+                yield opened
+        else:
             yield opened
-            return
-        opened.token, opened.benchmark = await _token_and_benchmark(services, token_id)
-        async with _rejections_recorded(opened):
-            checks.require_registrable(opened.token)
-            yield opened
+        ended_well = True
     finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, opened.workdir, True)
         services.running.discard(attempt.id)
+        if ended_well and after_response is not None:
+            after_response(remove_folder, opened.workdir)
+        else:
+            await remove_folder(opened.workdir)
+
+
+async def remove_folder(folder: Path) -> None:
+    """Delete an attempt's upload folder and everything in it, if it exists."""
+    await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
 
 
 def running_attempts(services: RegistrationServices) -> frozenset[str]:
