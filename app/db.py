@@ -112,6 +112,11 @@ def _configure_sqlite(engine: sa.Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # WAL with synchronous=NORMAL, the usual choice for an embedded database: a commit
+        # appends to the write-ahead log without waiting for the disk, which is synced at each
+        # checkpoint. The database never corrupts; a process crash loses nothing, but a power
+        # loss or OS crash may roll back the last transactions committed before it (they are
+        # then undone as a whole, events with their token). FULL would sync every commit.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
