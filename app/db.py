@@ -50,6 +50,19 @@ def empty_list() -> list[Any]:
     return []
 
 
+def table_of(model: type[SQLModel]) -> sa.Table:
+    """The table a table model maps, for Core statements a repository builds once and reuses.
+
+    A statement built per call is keyed again each time to find its compiled form, and an
+    ORM-enabled UPDATE also looks for the rows it changes among the session's objects: together
+    they cost more than the round trip to the database on the few writes every registration
+    makes. A module-level statement with bound parameters is keyed once.
+    """
+    table = sa.inspect(model).local_table
+    assert isinstance(table, sa.Table)
+    return table
+
+
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
     """A timezone-aware UTC timestamp on every backend (SQLite stores no offset)."""
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import utcnow
+from app.db import table_of, utcnow
 from app.tokens.models import Token, TokenStatus
 
 
@@ -68,25 +68,62 @@ async def compare_and_set(
     The condition and the write are one statement, so of two racing callers exactly one sees
     `True`.
     """
-    statement = (
-        sa.update(Token)
-        .where(col(Token.token_id) == token_id)
-        .where(col(Token.status).in_([status.value for status in expected]))
-        .values(**values, updated_at=utcnow())
+    statement = _compare_and_set_statement(
+        tuple(expected),
+        tuple(values),
+        by_registration=registration_id is not None,
+        unheld_registration=registration_id is None and require_registration,
+        model_name_unheld=model_name_unheld is not None,
     )
+    parameters = {f"new_{name}": value for name, value in values.items()}
+    parameters |= {"new_updated_at": utcnow(), "cas_token_id": token_id}
+    if registration_id is not None:
+        parameters["cas_registration_id"] = registration_id
     if model_name_unheld is not None:
-        other = aliased(Token)
+        parameters["cas_model_name"] = model_name_unheld
+    result = await session.execute(statement, parameters)
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _compare_and_set_statement(
+    expected: tuple[TokenStatus, ...],
+    columns: tuple[str, ...],
+    *,
+    by_registration: bool,
+    unheld_registration: bool,
+    model_name_unheld: bool,
+) -> sa.Update:
+    """compare_and_set's UPDATE for one combination of conditions and columns, built once; the
+    token id, the values and the names compared with are bound parameters."""
+    table = table_of(Token)
+    mapped = sa.inspect(Token).columns  # by attribute name (`token_metadata` is "metadata")
+    statement = (
+        table.update()
+        .where(table.c.token_id == sa.bindparam("cas_token_id"))
+        .where(table.c.status.in_([status.value for status in expected]))
+        .values(
+            {
+                mapped[name]: sa.bindparam(f"new_{name}", type_=mapped[name].type)
+                for name in (*columns, "updated_at")
+            }
+        )
+    )
+    if by_registration:
+        statement = statement.where(
+            table.c.current_registration_id == sa.bindparam("cas_registration_id")
+        )
+    elif unheld_registration:
+        statement = statement.where(table.c.current_registration_id.is_(None))
+    if model_name_unheld:
+        other = table.alias("other")
         statement = statement.where(
             ~sa.exists().where(
-                col(other.model_name) == model_name_unheld, col(other.token_id) != token_id
+                other.c.model_name == sa.bindparam("cas_model_name"),
+                other.c.token_id != table.c.token_id,
             )
         )
-    if registration_id is not None:
-        statement = statement.where(col(Token.current_registration_id) == registration_id)
-    elif require_registration:
-        statement = statement.where(col(Token.current_registration_id).is_(None))
-    result = await session.execute(statement)
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return statement
 
 
 async def claim_stale_registration(
