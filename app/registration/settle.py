@@ -85,8 +85,7 @@ async def claim_in(session: AsyncSession, attempt: Attempt, row: Registration) -
     if not claimed:
         await require_name_unheld(session, attempt)
         return False
-    session.add(row)
-    await session.flush()
+    await repository.insert(session, row)
     return True
 
 
@@ -205,15 +204,15 @@ async def record_rejection(database: Database, attempt: Attempt, error: AppError
         )
     try:
         async with database.transaction() as session:
-            session.add(
+            await repository.insert(
+                session,
                 attempt.row(
                     RegistrationStatus.REJECTED,
                     error={k: v for k, v in problem.items() if k != "request_id"},
                     event_ids=[event.event_id for event in events],
                     response_status=error.status,
-                )
+                ),
             )
-            await session.flush()
             await write_events(session, events)
     except (AppError, IntegrityError):
         # The refusal stands even if recording it failed (e.g. the database is down).
