@@ -14,12 +14,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.db import table_of, utcnow
 from app.tokens.models import Token, TokenStatus
 
+# Read on every registration: built once, the token id bound at each call.
+_GET = select(Token).where(Token.token_id == sa.bindparam("token_id"))
+_GET_FOR_UPDATE = _GET.with_for_update()
+
 
 async def get(session: AsyncSession, token_id: str, *, for_update: bool = False) -> Token | None:
-    statement = select(Token).where(Token.token_id == token_id)
-    if for_update:
-        statement = statement.with_for_update()
-    return (await session.exec(statement)).first()
+    statement = _GET_FOR_UPDATE if for_update else _GET
+    return (await session.exec(statement, params={"token_id": token_id})).first()
 
 
 async def holding_model_name(session: AsyncSession, model_name: str) -> Sequence[str]:
