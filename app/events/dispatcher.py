@@ -117,6 +117,7 @@ class Dispatcher:
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
+                self._next_due = None
                 try:
                     busy = await self._round()
                     await self._housekeeping()
@@ -235,7 +236,6 @@ class Dispatcher:
         transaction, when the next delivery falls due: the idle wait needs no transaction of its
         own.
         """
-        self._next_due = None
         async with self.database.transaction() as session:
             fanned = await self._fan_out_in(session)
             work = await self._claim_in(session, limit)
