@@ -8,6 +8,7 @@ the same URL.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from enum import StrEnum
@@ -16,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.engine import URL, AdaptedConnection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import PoolResetState
@@ -141,7 +142,18 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         # A read-only unit of work takes no lock up front: under WAL it reads a snapshot and
         # never waits for writers.
         read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        # Straight to the aiosqlite connection (`run_async`, SQLAlchemy's documented way to
+        # await the driver in an event handler): exec_driver_sql would add a cursor of its own,
+        # one more round trip to aiosqlite's thread and an execution context, on every unit of
+        # work. Its failure is raised as exec_driver_sql would raise it (OperationalError when
+        # the lock is not free within the busy timeout).
+        adapted = connection.connection.dbapi_connection
+        assert isinstance(adapted, AdaptedConnection)
+        try:
+            adapted.run_async(lambda driver: driver.execute(statement))
+        except sqlite3.Error as e:
+            raise DBAPIError.instance(statement, None, e, sqlite3.Error) from e
 
     # The engine is made with `pool_reset_on_return=None`, so this handler is the pool's whole
     # reset (SQLAlchemy's documented custom reset scheme). A connection that comes back after
