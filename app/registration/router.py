@@ -209,13 +209,16 @@ async def register_model(
     """
     services: RegistrationServices = request.app.state.registration
     principal, read = caller
+    wait = evaluation.parse_prefer_wait(prefer)
     async with service.registering(
         services,
         raw_token_id=token_id,
         principal=principal,
         idempotency_key=idempotency_key,
         read=read,
-        after_response=background.add_task,
+        # Waiting for an evaluation may still end in a refusal, whose answer drops the tasks
+        # meant for after it: the folder is then removed before the wait.
+        after_response=None if wait else background.add_task,
     ) as registration:
         with registration.step("receive_upload"):
             form = await receive_form(
@@ -227,7 +230,6 @@ async def register_model(
         result = await registration.complete(form)
     response.headers["Location"] = f"/registrations/{result.registration_id}"
     if result.status == RegistrationStatus.EVALUATING:
-        wait = evaluation.parse_prefer_wait(prefer)
         if wait:
             response.headers["Preference-Applied"] = f"wait={wait}"
             result = await evaluation.await_outcome(services.database, result, wait)

@@ -168,7 +168,9 @@ async def registering(
 
     With `after_response`, a registration that ends without an error leaves the removal of its
     folder to run once the answer has gone out: the client need not wait for the file system.
-    Should that call be dropped, the recovery sweep removes the folder as an abandoned upload.
+    The caller passes it only when nothing after this block can still refuse the request (such
+    an answer drops the tasks meant for after it); were the call dropped all the same, the
+    recovery sweep would remove the folder as an abandoned upload.
     """
     token_id = normalize_token_id(raw_token_id)
     attempt = Attempt(
