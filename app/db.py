@@ -8,6 +8,7 @@ the same URL.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from enum import StrEnum
@@ -16,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.engine import URL, AdaptedConnection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import PoolResetState
@@ -48,6 +49,19 @@ def empty_list() -> list[Any]:
     builtin `list` that inspection fails slowly (about 70 µs, against 4 µs for a function).
     """
     return []
+
+
+def table_of(model: type[SQLModel]) -> sa.Table:
+    """The table a table model maps, for Core statements a repository builds once and reuses.
+
+    A statement built per call is keyed again each time to find its compiled form, and an
+    ORM-enabled UPDATE also looks for the rows it changes among the session's objects: together
+    they cost more than the round trip to the database on the few writes every registration
+    makes. A module-level statement with bound parameters is keyed once.
+    """
+    table = sa.inspect(model).local_table
+    assert isinstance(table, sa.Table)
+    return table
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -112,6 +126,11 @@ def _configure_sqlite(engine: sa.Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # WAL with synchronous=NORMAL, the usual choice for an embedded database: a commit
+        # appends to the write-ahead log without waiting for the disk, which is synced at each
+        # checkpoint. The database never corrupts; a process crash loses nothing, but a power
+        # loss or OS crash may roll back the last transactions committed before it (they are
+        # then undone as a whole, events with their token). FULL would sync every commit.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -123,7 +142,18 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         # A read-only unit of work takes no lock up front: under WAL it reads a snapshot and
         # never waits for writers.
         read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        # Straight to the aiosqlite connection (`run_async`, SQLAlchemy's documented way to
+        # await the driver in an event handler): exec_driver_sql would add a cursor of its own,
+        # one more round trip to aiosqlite's thread and an execution context, on every unit of
+        # work. Its failure is raised as exec_driver_sql would raise it (OperationalError when
+        # the lock is not free within the busy timeout).
+        adapted = connection.connection.dbapi_connection
+        assert isinstance(adapted, AdaptedConnection)
+        try:
+            adapted.run_async(lambda driver: driver.execute(statement))
+        except sqlite3.Error as e:
+            raise DBAPIError.instance(statement, None, e, sqlite3.Error) from e
 
     # The engine is made with `pool_reset_on_return=None`, so this handler is the pool's whole
     # reset (SQLAlchemy's documented custom reset scheme). A connection that comes back after

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, TypeVar
 
 import structlog
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.auth.models import Scope
 from app.auth.ratelimit import client_address, count_failure, refuse_if_blocked
@@ -16,6 +18,8 @@ from app.clients.mlflow import MlflowRegistry
 from app.config import Settings
 from app.db import Database
 from app.errors import Unauthorized
+
+T = TypeVar("T")
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
@@ -43,12 +47,28 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 MlflowDep = Annotated[MlflowRegistry, Depends(get_mlflow)]
 
 
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+ApiKeyCredentials = Annotated[str | None, Security(_api_key_header)]
+
+
 async def get_principal(
     request: Request,
     database: DatabaseDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    api_key: Annotated[str | None, Security(_api_key_header)],
+    bearer: BearerCredentials,
+    api_key: ApiKeyCredentials,
 ) -> Principal:
+    async with _authenticating(request, database, bearer, api_key) as (principal, _):
+        return principal
+
+
+@asynccontextmanager
+async def _authenticating(
+    request: Request,
+    database: Database,
+    bearer: HTTPAuthorizationCredentials | None,
+    api_key: str | None,
+) -> AsyncIterator[tuple[Principal, AsyncSession]]:
+    """The caller's principal, and the read-only transaction its key was read in."""
     # An address that keeps failing is refused before its key is even looked at.
     address = client_address(request)
     await refuse_if_blocked(request, address)
@@ -56,11 +76,11 @@ async def get_principal(
     try:
         async with database.transaction(read_only=True) as session:
             principal = await authenticate(session, key)
+            structlog.contextvars.bind_contextvars(principal=principal.key_id)
+            yield principal, session
     except Unauthorized:
         await count_failure(request, address)
         raise
-    structlog.contextvars.bind_contextvars(principal=principal.key_id)
-    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -74,6 +94,34 @@ def requires(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
         return principal
 
     dependency.__name__ = f"requires_{scope.value.replace(':', '_')}"
+    return dependency
+
+
+# What a caller admitted by `requires_then` reads first: given the request, in its transaction.
+FirstRead = Callable[[Request, AsyncSession], Awaitable[T]]
+
+
+def requires_then(
+    scope: Scope, read: FirstRead[T]
+) -> Callable[..., Awaitable[tuple[Principal, T]]]:
+    """`requires(scope)`, then `read` in the same read-only transaction as the key.
+
+    For an endpoint whose first step is a read (a registration reads its token): one
+    transaction instead of two. `read` runs only for an admitted caller, and raises nothing
+    a request should be refused for: the endpoint decides, in its own order.
+    """
+
+    async def dependency(
+        request: Request,
+        database: DatabaseDep,
+        bearer: BearerCredentials,
+        api_key: ApiKeyCredentials,
+    ) -> tuple[Principal, T]:
+        async with _authenticating(request, database, bearer, api_key) as (principal, session):
+            require_scope(principal, scope)
+            return principal, await read(request, session)
+
+    dependency.__name__ = f"requires_{scope.value.replace(':', '_')}_then_read"
     return dependency
 
 

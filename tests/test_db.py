@@ -4,6 +4,7 @@ the pool resets a returned connection only when it is inside a transaction."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.db import Database
+from app.errors import DatabaseUnavailable
 
 
 async def test_read_only_unit_does_not_wait_for_a_writer(tmp_path: Path) -> None:
@@ -41,6 +43,37 @@ async def test_read_only_unit_does_not_wait_for_a_writer(tmp_path: Path) -> None
         async with database.transaction(read_only=True) as session:
             assert (await session.execute(sa.text("SELECT count(*) FROM t"))).scalar_one() == 1
     finally:
+        await database.dispose()
+
+
+async def test_a_writer_that_cannot_get_the_lock_is_told_the_database_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite"
+    database = Database(f"sqlite:///{path}")
+
+    @sa.event.listens_for(database.engine.sync_engine, "connect")
+    def _short_wait(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=50")  # after the service's own 30 s
+        cursor.close()
+
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with database.transaction() as session:
+            await session.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(DatabaseUnavailable) as refused:
+            async with database.transaction() as session:
+                await session.execute(sa.text("INSERT INTO t VALUES (1)"))
+        assert isinstance(refused.value.__cause__, sa.exc.OperationalError)
+        holder.execute("ROLLBACK")
+        async with database.transaction() as session:  # the same pooled connection, usable
+            await session.execute(sa.text("INSERT INTO t VALUES (2)"))
+        async with database.transaction(read_only=True) as session:
+            assert (await session.execute(sa.text("SELECT x FROM t"))).scalars().all() == [2]
+    finally:
+        holder.close()
         await database.dispose()
 
 

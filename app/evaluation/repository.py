@@ -11,15 +11,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.evaluation.models import LIVE_JOB_STATUSES, Benchmark, EvaluationJob, JobStatus
 
+# Read on every registration: built once, the token id bound at each call.
+_LATEST_BENCHMARK = (
+    select(Benchmark)
+    .where(Benchmark.token_id == sa.bindparam("token_id"))
+    .order_by(col(Benchmark.version).desc())
+    .limit(1)
+)
+
 
 async def latest_benchmark(session: AsyncSession, token_id: str) -> Benchmark | None:
-    statement = (
-        select(Benchmark)
-        .where(Benchmark.token_id == token_id)
-        .order_by(col(Benchmark.version).desc())
-        .limit(1)
-    )
-    return (await session.exec(statement)).first()
+    return (await session.exec(_LATEST_BENCHMARK, params={"token_id": token_id})).first()
 
 
 async def get_benchmark(session: AsyncSession, benchmark_id: str) -> Benchmark | None:

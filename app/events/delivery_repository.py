@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import table_of
 from app.events.models import (
     Channel,
     Delivery,
@@ -23,31 +24,47 @@ from app.events.models import (
 FANOUT_CURSOR = "fanout"
 
 
+# The statements of every dispatcher round are built once, with bound parameters: one built per
+# call is keyed again for the compiled cache each time, which costs more than running it.
+_LOCK_CURSOR = (
+    select(DispatchCursor)
+    .where(DispatchCursor.name == FANOUT_CURSOR)
+    .with_for_update(skip_locked=True)
+)
+_CURSORS = table_of(DispatchCursor)
+_MOVE_CURSOR = (
+    _CURSORS.update()
+    .where(_CURSORS.c.name == FANOUT_CURSOR)
+    .values(position=sa.bindparam("to_position"), updated_at=sa.bindparam("moved_at"))
+)
+_EVENTS_AFTER = (
+    select(OutboxEvent)
+    .where(col(OutboxEvent.sequence) > sa.bindparam("position"))
+    .order_by(col(OutboxEvent.sequence))
+    .limit(sa.bindparam("limit"))
+)
+_ENDPOINTS = select(WebhookEndpoint)
+
+
 async def lock_cursor(session: AsyncSession) -> DispatchCursor | None:
     """The fan-out cursor (created by the migrations), locked for this transaction.
 
     None while another worker holds it: that worker is fanning out, this one need not.
     """
-    statement = (
-        select(DispatchCursor)
-        .where(DispatchCursor.name == FANOUT_CURSOR)
-        .with_for_update(skip_locked=True)
-    )
-    return (await session.exec(statement)).first()
+    return (await session.exec(_LOCK_CURSOR)).first()
+
+
+async def move_cursor(session: AsyncSession, position: int, now: dt.datetime) -> None:
+    """Move the fan-out cursor (locked by `lock_cursor` in this transaction) to `position`."""
+    await session.execute(_MOVE_CURSOR, {"to_position": position, "moved_at": now})
 
 
 async def events_after(session: AsyncSession, position: int, limit: int) -> Sequence[OutboxEvent]:
-    statement = (
-        select(OutboxEvent)
-        .where(col(OutboxEvent.sequence) > position)
-        .order_by(col(OutboxEvent.sequence))
-        .limit(limit)
-    )
-    return (await session.exec(statement)).all()
+    return (await session.exec(_EVENTS_AFTER, params={"position": position, "limit": limit})).all()
 
 
 async def endpoints(session: AsyncSession) -> Sequence[WebhookEndpoint]:
-    return (await session.exec(select(WebhookEndpoint))).all()
+    return (await session.exec(_ENDPOINTS)).all()
 
 
 def new_delivery(event: OutboxEvent, channel: Channel, endpoint_id: str | None) -> Delivery:
@@ -72,6 +89,24 @@ async def claim_due(
     waiting on each other; SQLite has one writer at a time, so the same statement is atomic there.
     An expired lease (a worker that died mid-delivery) makes the row claimable again.
     """
+    parameters = {"worker": worker, "now": now, "lease_until": lease_until, "limit": limit}
+    result = await session.execute(_CLAIM_DUE, parameters)
+    return list(result.scalars().all())
+
+
+async def next_due(session: AsyncSession) -> dt.datetime | None:
+    """When the earliest pending delivery can next be claimed (due, and not leased)."""
+    value = (await session.execute(_NEXT_DUE)).scalar_one_or_none()
+    if value is None:
+        return None
+    # An aggregate comes back without the column type's conversion on SQLite.
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _claim_due_statement() -> sa.Update:
+    now = sa.bindparam("now", type_=table_of(Delivery).c.next_attempt_at.type)
     due = (
         select(Delivery.id)
         .where(Delivery.status == DeliveryStatus.PENDING)
@@ -80,21 +115,22 @@ async def claim_due(
             sa.or_(col(Delivery.lease_expires_at).is_(None), col(Delivery.lease_expires_at) < now)
         )
         .order_by(col(Delivery.next_attempt_at), col(Delivery.event_sequence))
-        .limit(limit)
+        .limit(sa.bindparam("limit"))
         .with_for_update(skip_locked=True)
     )
-    statement = (
+    return (
         sa.update(Delivery)
         .where(col(Delivery.id).in_(due.scalar_subquery()))
-        .values(lease_owner=worker, lease_expires_at=lease_until, updated_at=now)
+        .values(
+            lease_owner=sa.bindparam("worker"),
+            lease_expires_at=sa.bindparam("lease_until"),
+            updated_at=now,
+        )
         .returning(Delivery)
     )
-    result = await session.execute(statement)
-    return list(result.scalars().all())
 
 
-async def next_due(session: AsyncSession) -> dt.datetime | None:
-    """When the earliest pending delivery can next be claimed (due, and not leased)."""
+def _next_due_statement() -> sa.Select[tuple[dt.datetime | None]]:
     claimable_at = sa.case(
         (
             col(Delivery.lease_expires_at) > col(Delivery.next_attempt_at),
@@ -102,16 +138,13 @@ async def next_due(session: AsyncSession) -> dt.datetime | None:
         ),
         else_=col(Delivery.next_attempt_at),
     )
-    statement = sa.select(sa.func.min(claimable_at)).where(
+    return sa.select(sa.func.min(claimable_at)).where(
         col(Delivery.status) == DeliveryStatus.PENDING
     )
-    value = (await session.execute(statement)).scalar_one_or_none()
-    if value is None:
-        return None
-    # An aggregate comes back without the column type's conversion on SQLite.
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+_CLAIM_DUE = _claim_due_statement()
+_NEXT_DUE = _next_due_statement()
 
 
 async def events_by_id(session: AsyncSession, event_ids: Iterable[str]) -> dict[str, OutboxEvent]:

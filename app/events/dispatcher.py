@@ -99,6 +99,9 @@ class Dispatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._finished: list[tuple[_Work, dt.datetime, AttemptResult]] = []
         self._next_housekeeping = 0.0
+        # When the next delivery falls due, as the last round's transaction saw it (wrapped, so
+        # that "none pending" differs from "not looked up"); the idle wait that follows uses it.
+        self._next_due: tuple[dt.datetime | None] | None = None
 
     # The loop ------------------------------------------------------------------------------------
 
@@ -114,6 +117,7 @@ class Dispatcher:
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
+                self._next_due = None
                 try:
                     busy = await self._round()
                     await self._housekeeping()
@@ -141,12 +145,17 @@ class Dispatcher:
         if free <= 0 or (self._in_flight and free < max(1, concurrency // 2)):
             return False
         limit = min(self.settings.dispatcher_batch_size, free)
-        fanned, work = await self._fan_out_and_claim(limit)
+        fanned, work = await self._fan_out_and_claim(limit, look_ahead=True)
         for item in work:
             task = asyncio.create_task(self._deliver(item))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
-        return fanned > 0 or len(work) == limit
+        return self._more_waiting(fanned, work, limit)
+
+    def _more_waiting(self, fanned: int, work: Sequence[_Work], limit: int) -> bool:
+        # A fan-out short of a full batch took every event there was; one committed since then
+        # has set the wake-up (or is found by the poll), so another round now would find nothing.
+        return fanned == self.settings.dispatcher_batch_size or len(work) == limit
 
     async def _deliver(self, item: _Work) -> None:
         started_at, result = await self._attempt(item)
@@ -176,8 +185,12 @@ class Dispatcher:
     async def _idle_seconds(self) -> float:
         """How long to sleep: until the next retry is due, at most one poll interval."""
         poll = self.settings.dispatcher_poll_seconds
-        async with self.database.transaction(read_only=True) as session:
-            due = await repo.next_due(session)
+        known, self._next_due = self._next_due, None
+        if known is not None:
+            (due,) = known
+        else:
+            async with self.database.transaction(read_only=True) as session:
+                due = await repo.next_due(session)
         if due is None:
             return poll
         return min(poll, max((due - utcnow()).total_seconds(), MIN_IDLE_SECONDS))
@@ -214,11 +227,20 @@ class Dispatcher:
             await self._record(work, results)
         return len(work)
 
-    async def _fan_out_and_claim(self, limit: int) -> tuple[int, list[_Work]]:
-        """Both in one transaction: one round trip to the database's write lock, not two."""
+    async def _fan_out_and_claim(
+        self, limit: int, *, look_ahead: bool = False
+    ) -> tuple[int, list[_Work]]:
+        """Both in one transaction: one round trip to the database's write lock, not two.
+
+        With `look_ahead`, a round after which the loop goes idle also notes, in the same
+        transaction, when the next delivery falls due: the idle wait needs no transaction of its
+        own.
+        """
         async with self.database.transaction() as session:
             fanned = await self._fan_out_in(session)
             work = await self._claim_in(session, limit)
+            if look_ahead and not self._more_waiting(fanned, work, limit):
+                self._next_due = (await repo.next_due(session),)
         return fanned, work
 
     async def _fan_out_in(self, session: AsyncSession) -> int:
@@ -234,11 +256,10 @@ class Dispatcher:
         deliveries: list[Delivery] = []
         for event in events:
             deliveries += self._recipients(event, endpoints)
-        session.add_all(deliveries)
-        cursor.position = events[-1].sequence or cursor.position
-        cursor.updated_at = utcnow()
-        session.add(cursor)
-        await session.flush()
+        if deliveries:
+            session.add_all(deliveries)
+            await session.flush()
+        await repo.move_cursor(session, events[-1].sequence or cursor.position, utcnow())
         return len(events)
 
     async def _claim_in(self, session: AsyncSession, limit: int) -> list[_Work]:
@@ -389,6 +410,7 @@ class Dispatcher:
         if time.monotonic() < self._next_housekeeping:
             return
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+        self._next_due = None
         await self.housekeeping()
 
     async def housekeeping(self) -> dict[str, int]:

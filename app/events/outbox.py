@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import table_of
 from app.events.models import OutboxEvent
 from app.events.signal import new_events
 
@@ -65,14 +66,25 @@ async def write_events(
         )
         for event in events
     ]
-    session.add_all(rows)
-    await session.flush()
+    # One INSERT for all of them (the rows become one multi-row VALUES), their sequences read
+    # back by event id; the unit of work would insert them one statement at a time.
+    inserted = await session.execute(
+        _INSERT, [{name: getattr(row, name) for name in _INSERTED} for row in rows]
+    )
+    sequences: dict[str, int] = dict(inserted.tuples().all())
+    for row in rows:
+        row.sequence = sequences[row.event_id]
     _notify_after_commit(session)
     if on_postgres:
         # Delivered by PostgreSQL at commit, and only if the transaction commits. Listeners only
         # wake up and read the outbox, so one notification per transaction is enough.
         await session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, rows[-1].event_id)))
     return rows
+
+
+_EVENTS = table_of(OutboxEvent)
+_INSERTED = [column.key for column in _EVENTS.columns if column.key != "sequence"]
+_INSERT = _EVENTS.insert().returning(_EVENTS.c.event_id, _EVENTS.c.sequence)
 
 
 def envelope(event: OutboxEvent) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import table_of
 from app.registration.models import Registration
 
 
@@ -45,16 +47,25 @@ async def release_idempotency_key(session: AsyncSession, registration_id: str) -
     )
 
 
+async def insert(session: AsyncSession, row: Registration) -> None:
+    """Store a new registration: one INSERT of `row`, which stays out of the session."""
+    await session.execute(_INSERT, _column_values(row, _REGISTRATIONS.columns))
+
+
 async def update(session: AsyncSession, row: Registration) -> None:
     """Write every field of `row` but its id and creation time over the stored registration.
 
     One UPDATE, where `session.merge` would first load the stored row to compare.
     """
-    values = {
-        column.key: getattr(row, column.key)
-        for column in Registration.__table__.columns  # type: ignore[attr-defined]
-        if column.key not in ("id", "created_at")
-    }
-    await session.execute(
-        sa.update(Registration).where(col(Registration.id) == row.id).values(values)
-    )
+    values = _column_values(row, _UPDATED_COLUMNS)
+    await session.execute(_UPDATE, {**values, "registration_id": row.id})
+
+
+_REGISTRATIONS = table_of(Registration)
+_UPDATED_COLUMNS = [c for c in _REGISTRATIONS.columns if c.key not in ("id", "created_at")]
+_INSERT = _REGISTRATIONS.insert()
+_UPDATE = _REGISTRATIONS.update().where(_REGISTRATIONS.c.id == sa.bindparam("registration_id"))
+
+
+def _column_values(row: Registration, columns: Iterable[sa.Column[Any]]) -> dict[str, Any]:
+    return {column.key: getattr(row, column.key) for column in columns}

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Depends,
+    Header,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.auth.models import Scope
-from app.deps import DatabaseDep, ModelsRegister, TokensRead
+from app.auth.service import Principal
+from app.deps import DatabaseDep, TokensRead, requires_then
 from app.errors import (
     BenchmarkMismatch,
     ChecksumMismatch,
@@ -54,6 +66,18 @@ _REGISTER_REQUEST_BODY: dict[str, Any] = {
         }
     },
 }
+
+
+async def _read_token(request: Request, session: AsyncSession) -> service.TokenRead | None:
+    services: RegistrationServices = request.app.state.registration
+    return await service.read_token(services, session, request.path_params["token_id"])
+
+
+# The caller's key and then the token are read in one transaction.
+RegisteringCaller = Annotated[
+    tuple[Principal, service.TokenRead | None],
+    Depends(requires_then(Scope.MODELS_REGISTER, _read_token)),
+]
 
 TokenIdPath = Annotated[
     str,
@@ -143,7 +167,8 @@ async def register_model(
     token_id: TokenIdPath,
     request: Request,
     response: Response,
-    principal: ModelsRegister,
+    background: BackgroundTasks,
+    caller: RegisteringCaller,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -183,8 +208,17 @@ async def register_model(
     and pick any small model file.
     """
     services: RegistrationServices = request.app.state.registration
+    principal, read = caller
+    wait = evaluation.parse_prefer_wait(prefer)
     async with service.registering(
-        services, raw_token_id=token_id, principal=principal, idempotency_key=idempotency_key
+        services,
+        raw_token_id=token_id,
+        principal=principal,
+        idempotency_key=idempotency_key,
+        read=read,
+        # Waiting for an evaluation may still end in a refusal, whose answer drops the tasks
+        # meant for after it: the folder is then removed before the wait.
+        after_response=None if wait else background.add_task,
     ) as registration:
         with registration.step("receive_upload"):
             form = await receive_form(
@@ -196,7 +230,6 @@ async def register_model(
         result = await registration.complete(form)
     response.headers["Location"] = f"/registrations/{result.registration_id}"
     if result.status == RegistrationStatus.EVALUATING:
-        wait = evaluation.parse_prefer_wait(prefer)
         if wait:
             response.headers["Preference-Applied"] = f"wait={wait}"
             result = await evaluation.await_outcome(services.database, result, wait)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import structlog
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import observability
 from app.auth.service import Principal
@@ -123,6 +124,33 @@ class Registering:
         return await _publish(self.services, attempt, form, unpacked)
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRead:
+    """A registration's token and its sealed benchmark, read before anything else."""
+
+    token_id: str
+    token: Token | None
+    benchmark: object | None
+
+
+async def read_token(
+    services: RegistrationServices, session: AsyncSession, raw_token_id: str
+) -> TokenRead | None:
+    """The token a registration names (and its sealed benchmark), read in the caller's
+    transaction: the one that authenticated the request. None for a token id that is not
+    valid; `registering` refuses it in its turn."""
+    try:
+        token_id = normalize_token_id(raw_token_id)
+    except AppError:
+        return None
+    token, benchmark = await _token_and_benchmark_in(services, session, token_id)
+    return TokenRead(token_id, token, benchmark)
+
+
+# Schedules a call for after the response has gone out (FastAPI's `BackgroundTasks.add_task`).
+AfterResponse = Callable[[Callable[[Path], Awaitable[None]], Path], None]
+
+
 @asynccontextmanager
 async def registering(
     services: RegistrationServices,
@@ -130,9 +158,20 @@ async def registering(
     raw_token_id: str,
     principal: Principal,
     idempotency_key: str | None,
+    read: TokenRead | None = None,
+    after_response: AfterResponse | None = None,
 ) -> AsyncIterator[Registering]:
     """Open one registration for its request; a refusal before the claim is recorded as
-    rejected, and the upload's folder is removed at the end whatever happened."""
+    rejected, and the upload's folder is removed at the end whatever happened.
+
+    `read` is the token as `read_token` found it, when the request's authentication read it.
+
+    With `after_response`, a registration that ends without an error leaves the removal of its
+    folder to run once the answer has gone out: the client need not wait for the file system.
+    The caller passes it only when nothing after this block can still refuse the request (such
+    an answer drops the tasks meant for after it); were the call dropped all the same, the
+    recovery sweep would remove the folder as an abandoned upload.
+    """
     token_id = normalize_token_id(raw_token_id)
     attempt = Attempt(
         id=str(uuid.uuid4()),
@@ -148,19 +187,29 @@ async def registering(
         limits=intake.upload_limits(services.settings),
     )
     services.running.add(attempt.id)
+    ended_well = False
     try:
         if idempotency_key:
             opened.previous = await intake.previous_attempt(services, principal, idempotency_key)
-        if opened.previous is not None:
+        if opened.previous is None:
+            opened.token, opened.benchmark = await _token_and_benchmark(services, token_id, read)
+            async with _rejections_recorded(opened):
+                checks.require_registrable(opened.token)
+                yield opened
+        else:
             yield opened
-            return
-        opened.token, opened.benchmark = await _token_and_benchmark(services, token_id)
-        async with _rejections_recorded(opened):
-            checks.require_registrable(opened.token)
-            yield opened
+        ended_well = True
     finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, opened.workdir, True)
         services.running.discard(attempt.id)
+        if ended_well and after_response is not None:
+            after_response(remove_folder, opened.workdir)
+        else:
+            await remove_folder(opened.workdir)
+
+
+async def remove_folder(folder: Path) -> None:
+    """Delete an attempt's upload folder and everything in it, if it exists."""
+    await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
 
 
 def running_attempts(services: RegistrationServices) -> frozenset[str]:
@@ -169,16 +218,27 @@ def running_attempts(services: RegistrationServices) -> frozenset[str]:
 
 
 async def _token_and_benchmark(
-    services: RegistrationServices, token_id: str
+    services: RegistrationServices, token_id: str, read: TokenRead | None
 ) -> tuple[Token, object | None]:
-    """The token and its sealed benchmark (if verified evaluation runs), in one read."""
-    evaluations = services.evaluations
-    async with services.database.transaction(read_only=True) as session:
-        token = await tokens.get(session, token_id)
-        if token is None:
-            raise TokenNotFound(f"no token {token_id}")
-        benchmark = await evaluations.benchmark_for(session, token) if evaluations else None
+    """The token and its sealed benchmark (if verified evaluation runs), in one read: `read`
+    when it was made for this token id."""
+    if read is not None and read.token_id == token_id:
+        token, benchmark = read.token, read.benchmark
+    else:
+        async with services.database.transaction(read_only=True) as session:
+            token, benchmark = await _token_and_benchmark_in(services, session, token_id)
+    if token is None:
+        raise TokenNotFound(f"no token {token_id}")
     return token, benchmark
+
+
+async def _token_and_benchmark_in(
+    services: RegistrationServices, session: AsyncSession, token_id: str
+) -> tuple[Token | None, object | None]:
+    token = await tokens.get(session, token_id)
+    if token is None or services.evaluations is None:
+        return token, None
+    return token, await services.evaluations.benchmark_for(session, token)
 
 
 @asynccontextmanager

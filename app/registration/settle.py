@@ -68,21 +68,25 @@ async def claim_in(session: AsyncSession, attempt: Attempt, row: Registration) -
     """In the caller's transaction: move the token to `registering` for `attempt` and add its
     registration `row`, when the token is registrable and no other token holds the model name.
     Answers whether the claim was made."""
-    await require_name_unheld(session, attempt)
+    assert attempt.model_name is not None
+    # The model name's check rides in the claim's UPDATE; only a refused claim asks which
+    # condition failed.
     claimed = await tokens.compare_and_set(
         session,
         attempt.token_id,
         expected=REGISTRABLE,
+        model_name_unheld=attempt.model_name,
         values={
             "status": TokenStatus.REGISTERING,
             "current_registration_id": attempt.id,
             "claimed_at": utcnow(),
         },
     )
-    if claimed:
-        session.add(row)
-        await session.flush()
-    return claimed
+    if not claimed:
+        await require_name_unheld(session, attempt)
+        return False
+    await repository.insert(session, row)
+    return True
 
 
 async def commit_registration(database: Database, row: Registration) -> RegistrationPublic:
@@ -200,15 +204,15 @@ async def record_rejection(database: Database, attempt: Attempt, error: AppError
         )
     try:
         async with database.transaction() as session:
-            session.add(
+            await repository.insert(
+                session,
                 attempt.row(
                     RegistrationStatus.REJECTED,
                     error={k: v for k, v in problem.items() if k != "request_id"},
                     event_ids=[event.event_id for event in events],
                     response_status=error.status,
-                )
+                ),
             )
-            await session.flush()
             await write_events(session, events)
     except (AppError, IntegrityError):
         # The refusal stands even if recording it failed (e.g. the database is down).

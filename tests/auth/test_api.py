@@ -45,6 +45,30 @@ class TestAuthentication:
         response = await api.client.get("/tokens", headers={"X-API-Key": api.admin_key})
         assert response.status_code == 200
 
+    @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer hok_ffffffffffff_x"}])
+    async def test_registering_without_a_valid_key_is_401(
+        self, api: Api, headers: dict[str, str]
+    ) -> None:
+        # The register endpoint reads its token in the key's transaction: the key still comes
+        # first, whether or not the token exists.
+        for token_id in ("NO-SUCH-TOKEN", "-not-an-id-"):
+            response = await api.client.post(
+                f"/models/{token_id}/register",
+                files={"model_file": ("m.pkl", b"x")},
+                headers=headers,
+            )
+            assert response.status_code == 401
+            assert response.json()["code"] == "unauthorized"
+
+    async def test_registering_with_x_api_key_reaches_the_token(self, api: Api) -> None:
+        response = await api.client.post(
+            "/models/NO-SUCH-TOKEN/register",
+            files={"model_file": ("m.pkl", b"x")},
+            headers={"X-API-Key": api.admin_key},
+        )
+        assert response.status_code == 404
+        assert response.json()["code"] == "token_not_found"
+
     async def test_key_is_stored_only_as_hash(self, api: Api) -> None:
         async with api.database.transaction() as session:
             rows = (await session.execute(sa.text("SELECT id, key_hash FROM api_keys"))).all()

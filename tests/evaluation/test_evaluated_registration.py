@@ -267,6 +267,8 @@ class TestEvaluatedRegistration:
         assert [e["event_type"] for e in events] == ["model_validation_failed"]
         assert events[0]["payload"]["code"] == "metric_below_baseline"
         assert not _versions(api, "hokusai-LOW")
+        # The refusal came after the wait: the request's upload folder went before it.
+        assert not (api.settings.upload_dir / body["registration_id"]).exists()
         # A refused evaluation still has a signed receipt saying so.
         receipt = await api.client.get(
             f"/registrations/{body['registration_id']}/receipt", headers=api.auth()

@@ -451,6 +451,53 @@ class TestConcurrency:
         assert (await token(api, token_id))["status"] == "registered"
 
 
+class TestClaimModelName:
+    """The claim's own update refuses a model name another token records in the database (the
+    MLflow check before it sees only what MLflow holds)."""
+
+    async def test_a_name_another_token_records_is_refused_at_the_claim(self, api: Api) -> None:
+        name = f"recorded-{api.backend}"
+        holder = f"HOLDER-{api.backend}".upper()
+        claimant = f"CLAIMANT-{api.backend}".upper()
+        for token_id in (holder, claimant):
+            await create_token(api.client, api.auth(), token_id=token_id)
+        async with api.database.transaction() as session:
+            await session.execute(
+                sa.text("UPDATE tokens SET model_name = :name WHERE token_id = :token_id"),
+                {"name": name, "token_id": holder},
+            )
+
+        response = await register(
+            api.client, api.auth(), token_id=claimant, fields={"model_name": name}
+        )
+
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "model_name_taken"
+        assert (await token(api, claimant))["status"] == "draft"
+        assert model_versions(api, name) == []
+        listed = await api.client.get(f"/tokens/{claimant}/registrations", headers=api.auth())
+        [attempt] = listed.json()["items"]
+        assert attempt["status"] == "rejected"
+        assert attempt["error"]["code"] == "model_name_taken"
+
+    async def test_the_token_recording_the_name_may_claim_it_again(self, api: Api) -> None:
+        name = f"own-{api.backend}"
+        token_id = f"OWNER-{api.backend}".upper()
+        await create_token(api.client, api.auth(), token_id=token_id)
+        async with api.database.transaction() as session:
+            await session.execute(
+                sa.text("UPDATE tokens SET model_name = :name WHERE token_id = :token_id"),
+                {"name": name, "token_id": token_id},
+            )
+
+        response = await register(
+            api.client, api.auth(), token_id=token_id, fields={"model_name": name}
+        )
+
+        assert response.status_code == 201, response.text
+        assert (await token(api, token_id))["model_name"] == name
+
+
 class TestIdempotency:
     async def test_same_key_and_request_replays_without_mlflow(self, api: Api) -> None:
         token_id = f"IDEM-{api.backend}".upper()
