@@ -66,8 +66,7 @@ def cpu_ns(pid: int) -> int:
     """CPU time a process's threads have run so far, in nanoseconds (/proc/PID/task/*/schedstat).
 
     Exact to the nanosecond, where /proc/PID/stat counts 10 ms ticks: fine enough to take
-    around one request. Threads that have ended are not counted, such as the writer thread of
-    an upload past 8 MiB: around large uploads, take /proc/PID/stat, which keeps their time.
+    around one request.
     """
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():

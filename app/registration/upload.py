@@ -2,9 +2,7 @@
 
 The body is parsed as it arrives by the service's one multipart parser (`multipart.py`): the model
 file goes straight to a file under the registration's working folder while it is hashed, counted
-and capped, so no upload is ever held in memory or read twice. Past its first 8 MiB, a file is
-hashed and written on a thread of its own while the event loop receives the next chunks
-(`file_writer.py`). Text fields are small and capped too.
+and capped, so no upload is ever held in memory or read twice. Text fields are small and capped too.
 A hook runs when the model part starts, so cheap checks on fields sent before it (the metric, the
 baseline) can refuse the request before a large upload is received.
 
@@ -47,7 +45,6 @@ from app.registration.artifacts.names import (
     shown,
 )
 from app.registration.artifacts.sniffing import HEAD_BYTES
-from app.registration.file_writer import ChunkWriter
 from app.registration.form import MODEL_FIELD, PREDICTIONS_FIELD, TEXT_FIELDS
 from app.registration.multipart import (
     Chunk,
@@ -65,9 +62,6 @@ MAX_PART_NAME_CHARS = 100
 # Room for the multipart framing and the text fields around the files.
 _ENVELOPE_BYTES = MAX_PARTS * MAX_FIELD_BYTES // 4 + 64 * 1024
 _WRITE_BUFFER = 1024 * 1024
-# A file part's first bytes are hashed and written on the event loop; past this size, the rest
-# on a thread of its own (file_writer.py), where a large upload's hashing overlaps its receiving.
-_OFFLOAD_AFTER = 8 * 1024 * 1024
 _PREDICTIONS_NAME = "predictions.csv"
 
 
@@ -165,7 +159,6 @@ class FileTarget:
         self._hash = hashlib.sha256()
         self._head = bytearray()
         self._file: BinaryIO | None = None
-        self._writer: ChunkWriter | None = None
         self.size = 0
         self.path: Path | None = None
         self.filename: str | None = None
@@ -187,29 +180,17 @@ class FileTarget:
         self.size += len(chunk)
         if self.size > self._limit:
             raise self._too_large(self._limit)
+        self._hash.update(chunk)
         if len(self._head) < HEAD_BYTES:
             self._head += chunk[: HEAD_BYTES - len(self._head)]
-        if self._writer is None and self.size > _OFFLOAD_AFTER:
-            self._writer = ChunkWriter(self._absorb, name="hokusai-upload-writer")
-        if self._writer is not None:
-            self._writer.put(chunk)
-        else:
-            self._absorb(chunk)
-
-    def _absorb(self, chunk: Chunk) -> None:
-        self._hash.update(chunk)
         assert self._file is not None
         self._file.write(chunk)
 
     def finish(self) -> None:
-        if self._writer is not None:
-            self._writer.finish()
         self.close()
         self.done = True
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.stop(discard=True)
         if self._file is not None:
             self._file.close()
             self._file = None

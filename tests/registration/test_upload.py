@@ -330,28 +330,3 @@ class TestLargeUpload:
         assert version.run_id is not None
         local = MlflowClient(tracking_uri=uri).download_artifacts(version.run_id, "model/model.pkl")
         assert sha256(Path(local).read_bytes()) == sha256(model)
-
-    async def test_past_the_offload_size_the_bytes_and_digest_are_intact(
-        self, api: Api, draft: str
-    ) -> None:
-        # Beyond 8 MiB the hashing and writing go to a thread of their own (file_writer.py).
-        model = pickle_bytes(size=12 * MiB)
-        response = await register(
-            api.client, api.auth(), token_id=draft, model=model, fields={"sha256": sha256(model)}
-        )
-        assert response.status_code == 201, response.text
-        assert response.json()["artifact"]["sha256"] == sha256(model)
-        [version] = model_versions(api, f"hokusai-{draft}")
-        assert version.run_id is not None
-        uri = api.settings.resolved_tracking_uri
-        local = MlflowClient(tracking_uri=uri).download_artifacts(version.run_id, "model/model.pkl")
-        assert sha256(Path(local).read_bytes()) == sha256(model)
-
-    async def test_past_the_offload_size_a_wrong_digest_is_refused(
-        self, api: Api, draft: str
-    ) -> None:
-        model = pickle_bytes(size=12 * MiB)
-        response = await register(
-            api.client, api.auth(), token_id=draft, model=model, fields={"sha256": "0" * 64}
-        )
-        await assert_refused(api, response, draft, status=422, code="checksum_mismatch")
