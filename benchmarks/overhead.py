@@ -53,13 +53,15 @@ def _model(seed: int) -> bytes:
 class DirectMlflow:
     """The service's MLflow work for one registration, done with the MLflow client directly."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tracking_uri: str | None = None) -> None:
+        """MLflow's SQLite store with artifacts under `root`, or the tracking server at
+        `tracking_uri`, whose own artifact store then takes the files (over HTTP)."""
         from mlflow import MlflowClient
 
         self.root = root
-        self.client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+        self.client = MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
         self.experiment_id = self.client.create_experiment(
-            "direct", artifact_location=(root / "artifacts").as_uri()
+            "direct", artifact_location=None if tracking_uri else (root / "artifacts").as_uri()
         )
 
     def register(self, token_id: str, model: bytes) -> tuple[float, float]:
