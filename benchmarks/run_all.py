@@ -55,15 +55,15 @@ the service's own work, each piece needed for what the service promises:
 
 - **The request itself**: the multipart upload over loopback, parsed, hashed and written to disk
   while it arrives (the `receive_upload` step), FastAPI's routing and validation, and the response.
-- **Four small database transactions on SQLite**: the API key, the token, the claim that makes a
-  concurrent second registration a 409 before any MLflow work, and the commit of the token, the
-  registration row and its two events. SQLAlchemy's aiosqlite dialect makes four round trips
-  to aiosqlite's thread per statement (open a cursor, execute, fetch, close), three for `BEGIN`
-  and one for `COMMIT`; the pool's reset skips the `ROLLBACK` after a commit (SQLAlchemy's
-  `reset` pool event), so a one-statement read transaction makes 8 trips. A driver of the
-  service's own made it 3, but it subclassed SQLAlchemy's private adapter classes; without it a
-  transaction costs about 0.3 ms more CPU (both measured in one process, alternating), about
-  1.3 ms per registration.
+- **Three small database transactions**: the API key read with the token and its sealed
+  benchmark; the claim that makes a concurrent second registration a 409 before any MLflow work
+  (its UPDATE also checks that no other token holds the model name); and the commit of the token,
+  the registration row and its two events (one multi-row INSERT). Each statement is built once at
+  import, with bound parameters: building an ORM statement per call, then keying it to find its
+  compiled form, cost more than the database round trip itself. On SQLite, SQLAlchemy's aiosqlite
+  dialect still makes several round trips to aiosqlite's thread per statement (cursor, execute,
+  fetch, close); `BEGIN` goes to aiosqlite directly (`run_async`), and the pool's reset skips the
+  `ROLLBACK` after a commit (SQLAlchemy's `reset` pool event).
 
 Running independent MLflow calls in parallel (the registered model beside the run, finishing the
 run beside the version) was tried and was slower on the SQLite store: its writers queue on one
@@ -75,26 +75,35 @@ processes, the worker, the clients and PostgreSQL itself.
 
 **Large models** are bound by one core. A model is received, parsed, hashed and written in the
 event loop, 64 KiB at a time (uvicorn's flow control hands the body over in pieces of that size):
-about 600-700 MB/s here, where `cp` copies within the page cache, in the kernel, at several GB/s.
+about 700 MB/s here, where `cp` copies within the page cache, in the kernel, at several GB/s.
 The sha256 the contract requires is itself about 1.5 GB/s on this CPU (SHA-NI): hashing 1 GiB
-alone takes about 0.65 s, more than twice the `cp` time in the table. Handing the hashing and
-writing to a thread was tried: chunk by chunk it was slower (the hand-over and the GIL cost more
-than they free), in 4 MiB batches about 10% faster, which did not earn its complexity. What the
-service does control it keeps minimal: the bytes are read once from the socket, written once,
-never read back, and memory stays flat.
+alone takes about 0.65 s. Handing the hashing and writing to a thread of their own was tried
+twice: chunk by chunk it was slower (the hand-over and the GIL cost more than they free); in
+1 MiB batches, 10 alternating pairs at 512 MiB made curl's upload 9% faster (0.78 to 0.71 s) and
+the CLI's not at all (0.99 s both: the CLI's own hashing needs the second core), for 5% more
+server CPU, so it was taken out again. What the service does control it keeps minimal: the bytes
+are read once from the socket, written once, never read back, and memory stays flat.
 
-**The command line at 512 MiB** is bound by its own start-up, not by the upload. The 1 KiB row
-of the CLI table shows what every `hokusai model register` costs apart from the bytes: about
-0.25 s of wall time, almost all of it the interpreter importing typer (with pydantic), httpx
-(which imports its own command line, click and rich, when they are installed) and the client,
-against curl's 0.04 s. The same registration through `HokusaiClient` in a running process takes
-about what curl takes (the "in process" rows). A fixed 0.25 s is 0.4x of a 0.63 s upload, so the
-1.15x goal is out of reach at that size for a Python command line built on these libraries; at
-1 GiB, where the upload takes seconds, the ratio is near the goal and on either side of it from
-run to run, as the disk's write-back sets the pace. The bare MLflow client in the table starts
-with the file already on the same disk and copies it once, in the kernel, with no network hop
-and no hash; the service's path adds both (the contract's sha256, computed while the bytes
-arrive), so the CLI end to end takes longer than that copy.
+**This machine is a virtual one**, and writing into memory its guest has not touched lately costs
+several times more: the host backs it page by page. The same 512 MiB `dd` took 0.15 s or 1.8 s
+from one run to the next, with the time in the kernel. A benchmark that writes gigabytes meets
+this at random; `cli_upload.py` therefore deletes each run's stored copy before the next, so every
+run writes into the page cache its predecessor freed. `large_upload.py`'s `cp` and registration
+rows meet it alike, so compare them within one run.
+
+**The command line** costs a fixed 0.15-0.25 s per command on top of the upload: the interpreter
+importing typer, httpx, the client and stamina, before any byte is sent (the 1 KiB rows of the
+CLI table; curl pays 0.04 s). Half of it is httpx, which imports its own command line (click,
+rich and pygments) whenever those are installed, as they are beside the service; no module is
+faked to prevent it. typer is kept below 0.29, whose pydantic validators for every option cost
+0.1 s and 16 MiB more. The same registration through `HokusaiClient` in a running process takes
+what curl takes (the "in process" rows: 1.0x at 512 MiB and 1 GiB), so the upload path itself
+(one pass over the file, hashed on its own thread one chunk behind the send) is not what stands
+between the CLI and the 1.15x goal: at 512 MiB the fixed cost alone is a quarter of curl's time.
+The bare MLflow client with a local store starts with the file on the same disk and copies it in
+the kernel, with no network hop and no hash, which the service's path cannot match: the
+like-for-like comparison is the MLflow client sending the file to `mlflow server` over HTTP, the
+next row.
 
 To see where the time goes yourself: `benchmarks/concurrency.py --profile` samples the API
 processes with py-spy and groups the samples as the service's own code, MLflow,
@@ -123,10 +132,12 @@ HOW_IT_WORKS = """\
   its client gets a TLS context that trusts nothing instead. It hashes the model on a thread of
   its own, one chunk behind the send, so hashing does not pause the upload.
 - **Bytecode is compiled at install** (`uv sync --compile-bytecode`), so a start does not compile
-  the stack from source where `PYTHONDONTWRITEBYTECODE` is set.
-- **Four transactions per registration.** The API key; the token and its sealed benchmark in
-  one read; the claim, which also checks in the same transaction that no other token holds the
-  model name; and the commit of the token, the registration row and its events.
+  the stack from source where `PYTHONDONTWRITEBYTECODE` is set. This checkout is installed
+  editable, so its own sources are not; the benchmarks compile them first, as a first run does.
+- **Three transactions per registration, their statements built once.** The API key with the
+  token and its sealed benchmark in one read; the claim, whose UPDATE also checks that no other
+  token holds the model name; and the commit of the token, the registration row and its events
+  in one multi-row INSERT.
 - **MLflow runs in a bounded thread pool** (`HOKUSAI_MLFLOW_THREADS`) off the event loop, with
   retries capped in total time.
 - **A registration's MLflow work skips what it knows already.** MlflowClient loads the whole
