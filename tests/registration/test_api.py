@@ -451,6 +451,15 @@ class TestConcurrency:
         assert (await token(api, token_id))["status"] == "registered"
 
 
+async def _record_model_name(api: Api, token_id: str, name: str) -> None:
+    """Write `name` as the token's model name straight into the database (not into MLflow)."""
+    async with api.database.transaction() as session:
+        await session.execute(
+            sa.text("UPDATE tokens SET model_name = :name WHERE token_id = :token_id"),
+            {"name": name, "token_id": token_id},
+        )
+
+
 class TestClaimModelName:
     """The claim's own update refuses a model name another token records in the database (the
     MLflow check before it sees only what MLflow holds)."""
@@ -461,11 +470,7 @@ class TestClaimModelName:
         claimant = f"CLAIMANT-{api.backend}".upper()
         for token_id in (holder, claimant):
             await create_token(api.client, api.auth(), token_id=token_id)
-        async with api.database.transaction() as session:
-            await session.execute(
-                sa.text("UPDATE tokens SET model_name = :name WHERE token_id = :token_id"),
-                {"name": name, "token_id": holder},
-            )
+        await _record_model_name(api, holder, name)
 
         response = await register(
             api.client, api.auth(), token_id=claimant, fields={"model_name": name}
@@ -484,11 +489,7 @@ class TestClaimModelName:
         name = f"own-{api.backend}"
         token_id = f"OWNER-{api.backend}".upper()
         await create_token(api.client, api.auth(), token_id=token_id)
-        async with api.database.transaction() as session:
-            await session.execute(
-                sa.text("UPDATE tokens SET model_name = :name WHERE token_id = :token_id"),
-                {"name": name, "token_id": token_id},
-            )
+        await _record_model_name(api, token_id, name)
 
         response = await register(
             api.client, api.auth(), token_id=token_id, fields={"model_name": name}
