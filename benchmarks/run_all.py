@@ -92,18 +92,18 @@ run writes into the page cache its predecessor freed. `large_upload.py`'s `cp` a
 rows meet it alike, so compare them within one run.
 
 **The command line** costs a fixed 0.15-0.25 s per command on top of the upload: the interpreter
-importing typer, httpx, the client and stamina, before any byte is sent (the 1 KiB rows of the
-CLI table; curl pays 0.04 s). Half of it is httpx, which imports its own command line (click,
-rich and pygments) whenever those are installed, as they are beside the service; no module is
-faked to prevent it. typer is kept below 0.29, whose pydantic validators for every option cost
-0.1 s and 16 MiB more. The same registration through `HokusaiClient` in a running process takes
-what curl takes (the "in process" rows: 1.0x at 512 MiB and 1 GiB), so the upload path itself
-(one pass over the file, hashed on its own thread one chunk behind the send) is not what stands
-between the CLI and the 1.15x goal: at 512 MiB the fixed cost alone is a quarter of curl's time.
-The bare MLflow client with a local store starts with the file on the same disk and copies it in
-the kernel, with no network hop and no hash, which the service's path cannot match: the
-like-for-like comparison is the MLflow client sending the file to `mlflow server` over HTTP, the
-next row.
+importing typer, httpx, the client and stamina, before any byte is sent (the 1 KiB rows of the CLI
+table; curl pays 0.04 s). The imports take 0.1-0.15 s of it, a third of that httpx with its own
+command line (click, rich and pygments), which it imports whenever those are installed, as they are
+beside the service; no module is faked to prevent it. typer is kept below 0.29, whose pydantic
+validators for every option cost 0.1 s and 16 MiB more. The same registration through
+`HokusaiClient` in a running process takes what curl takes (the "in process" rows: 1.0-1.1x at 512
+MiB and 1 GiB), so the upload path itself (one pass over the file, hashed on its own thread one
+chunk behind the send) is not what stands between the CLI and the 1.15x goal: at 512 MiB the fixed
+cost alone is a quarter to a third of curl's time. The bare MLflow client with a local store starts
+with the file on the same disk and copies it in the kernel, with no network hop and no hash, which
+the service's path cannot match: the like-for-like comparison is the MLflow client sending the file
+to `mlflow server` over HTTP, the next row.
 
 To see where the time goes yourself: `benchmarks/concurrency.py --profile` samples the API
 processes with py-spy and groups the samples as the service's own code, MLflow,
